@@ -1,0 +1,20 @@
+# The two commands of the README. Both install what is missing first (pinned by constraints.txt).
+PYTHON ?= python3
+WORKDIR ?= runs/quickstart
+
+.PHONY: install quickstart test lint bench
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+
+quickstart: install
+	$(PYTHON) -m jaxquant.main --config configs/quickstart.py --workdir $(WORKDIR)
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint: install
+	$(PYTHON) -m ruff check jaxquant configs tests benchmarks
+
+bench: install
+	$(PYTHON) benchmarks/train_step.py

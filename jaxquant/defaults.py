@@ -1,0 +1,65 @@
+"""Defaults shared by every experiment; each config in configs/ starts from ``get_config()``.
+
+Every choice that the methods brief marks [design] is a field here or in the method's block.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "run"
+    config.mode = "train"  # train | pipeline (more modes register in jaxquant.main)
+    config.seed = 0
+    config.init_from = ""  # FP run (workdir or checkpoints folder) that QAT starts from
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "small_cnn"
+    config.model.kwargs = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "local"  # local | tfds
+    config.data.name = "digits"
+    config.data.data_dir = ""
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 256
+    config.data.crop_padding = 0
+    config.data.flip = False
+
+    # Group protocol (methods brief §0).
+    config.quant = ml_collections.ConfigDict()
+    config.quant.w_bits = 4
+    config.quant.a_bits = 4
+    config.quant.first_last_bits = 8
+    config.quant.weight_granularity = "channel"  # channel | tensor
+    config.quant.act_granularity = "tensor"  # tensor | channel
+    config.quant.scheme = "asymmetric"  # asymmetric | symmetric
+    config.quant.init = "minmax"  # minmax | lsq
+    config.quant.grad_scale = True
+    config.quant.calibration_images = 100
+
+    config.method = ml_collections.ConfigDict()
+    config.method.name = "fp"
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"  # sgd | adam | adamw
+    config.optim.learning_rate = 0.01
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 5e-4
+    config.optim.schedule = "cosine"  # cosine | constant
+    config.optim.warmup_steps = 0
+    config.optim.grad_clip_norm = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_epochs = 1
+    config.train.num_steps = -1  # > 0 overrides num_epochs
+    config.train.log_every = 50
+    config.train.eval_every = 0  # 0: only at the end
+    config.train.checkpoint_every = 200
+    config.train.keep_checkpoints = 2
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # -1: all devices
+
+    return config

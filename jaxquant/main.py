@@ -1,0 +1,48 @@
+"""Command line: ``python -m jaxquant.main --config configs/X.py --workdir DIR``.
+
+Any field can be overridden, e.g. ``--config.quant.w_bits=2 --config.method.name=lsq``.
+Bad input (unknown method, bits out of range, missing data or checkpoint) ends with a
+one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxquant.data.sources import DatasetNotFoundError
+from jaxquant.train.checkpoint import CheckpointError
+from jaxquant.train.loop import NonFiniteLossError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+USER_ERRORS = (ValueError, DatasetNotFoundError, CheckpointError, NonFiniteLossError, KeyError)
+
+
+def quiet_library_logs() -> None:
+    """Keep orbax/absl INFO chatter out of the progress output."""
+    logging.set_verbosity(logging.WARNING)
+    for name in ("absl", "orbax", "jax"):
+        pylogging.getLogger(name).setLevel(pylogging.WARNING)
+
+
+def main(argv) -> None:
+    del argv
+    quiet_library_logs()
+    from jaxquant.modes import run_mode
+
+    try:
+        run_mode(_CONFIG.value, _WORKDIR.value)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"jaxquant: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

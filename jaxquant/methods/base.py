@@ -1,0 +1,97 @@
+"""What a training method is, and the single registry that maps ``config.method.name`` to it.
+
+A method is a composition of pure loss terms. The generic train step only calls:
+
+* ``method.policy(config)`` — the student's :class:`~jaxquant.quant.QuantPolicy`;
+* ``method.needs_teacher`` — whether the frozen FP model of ``config.init_from`` is needed;
+* ``method.init_extra(ctx, variables)`` — method-owned state kept in ``TrainState.extra``
+  (an FP teacher's variables, an EMA teacher, ...), checkpointed with the rest;
+* ``method.loss_fn(ctx)`` → ``loss_fn(params, state, batch, rng) -> (loss, aux)`` where
+  ``aux = {'model_state': ..., 'metrics': {...}}``;
+* ``method.grads(ctx, loss_fn, params, state, batch, rng)`` — defaults to
+  ``jax.value_and_grad``; SAM-like methods override it;
+* ``method.update_extra(ctx, state)`` — after the optimiser step (EMA updates).
+
+Adding a method means adding one file in this package that calls :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a method may use to build its loss: the config and the built models."""
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    teacher_model: nn.Module | None = None
+
+
+def policy_from_config(config: ml_collections.ConfigDict, **overrides) -> QuantPolicy:
+    """The quantization policy described by ``config.quant`` (methods brief §0 defaults)."""
+    q = config.quant
+    fields = dict(
+        w_bits=q.w_bits,
+        a_bits=q.a_bits,
+        first_last_bits=q.first_last_bits,
+        weight_granularity=q.weight_granularity,
+        act_granularity=q.act_granularity,
+        scheme=q.scheme,
+        init=q.init,
+        grad_scale=q.grad_scale,
+    )
+    fields.update(overrides)
+    return QuantPolicy(**fields)
+
+
+class Method:
+    """Base class with the defaults of plain supervised training (cross-entropy)."""
+
+    name: str = ""
+    needs_teacher: bool = False
+
+    def policy(self, config: ml_collections.ConfigDict) -> QuantPolicy:
+        return FULL_PRECISION
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        """Raise a one-line error for a bad value of one of this method's fields."""
+
+    def init_extra(self, ctx: MethodContext, variables: dict[str, Any], teacher_variables) -> Any:
+        return {}
+
+    def loss_fn(self, ctx: MethodContext) -> LossFn:
+        raise NotImplementedError
+
+    def grads(self, ctx: MethodContext, loss_fn: LossFn, params, state, batch, rng):
+        """``((loss, aux), grads)`` of ``loss_fn`` at ``params``."""
+        return jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, rng)
+
+    def update_extra(self, ctx: MethodContext, state) -> Any:
+        return state.extra
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``config.method.name = cls.name``."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method.name={name!r} is unknown: allowed values {sorted(METHODS)}")
+    return METHODS[name]

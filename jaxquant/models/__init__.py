@@ -1,0 +1,36 @@
+"""Model zoo: a name → constructor factory. Every model takes ``num_classes`` and ``policy``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from jaxquant.models.resnet import resnet18, resnet20
+from jaxquant.models.small_cnn import SmallCNN
+from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "resnet20": resnet20,
+    "resnet18": resnet18,
+}
+
+
+def register_model(name: str):
+    """Decorator adding a constructor ``fn(num_classes=, policy=, **kwargs)`` to the zoo."""
+
+    def wrap(fn):
+        MODELS[name] = fn
+        return fn
+
+    return wrap
+
+
+def create_model(
+    name: str, num_classes: int, policy: QuantPolicy = FULL_PRECISION, **kwargs
+) -> nn.Module:
+    """Build model ``name``; an unknown name raises a one-line error listing the choices."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is unknown: allowed values {sorted(MODELS)}")
+    return MODELS[name](num_classes=num_classes, policy=policy, **kwargs)

@@ -1,0 +1,1 @@
+"""Pure loss terms; each docstring gives its formula."""

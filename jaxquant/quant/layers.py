@@ -1,0 +1,185 @@
+"""Quantized Flax layers: they own weights and quantizer variables, and call pure functions.
+
+Variable collections:
+
+* ``params``      weights and learned quantizer parameters (``step``, ...);
+* ``quant_state`` fixed quantizer state (``zero_point``): not trained;
+* ``intermediates`` feature taps, filled only when the caller makes it mutable
+  (``conv_out`` of each conv, ``features`` of a model's penultimate layer).
+
+Calibration: a quantizer (re)initialises its step and zero point from the tensor it sees
+whenever ``quant_state`` is mutable outside of ``init`` — see
+:func:`jaxquant.quant.calibration.calibrate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.quant import quantizers as qz
+from jaxquant.quant.observers import get_observer
+from jaxquant.quant.policy import LayerQuant, QuantizerSpec
+
+QuantizerKind = Callable[["Quantizer", jax.Array, bool], tuple[jax.Array, jax.Array]]
+QUANTIZER_KINDS: dict[str, QuantizerKind] = {}
+
+
+def register_quantizer_kind(name: str):
+    """Decorator: register ``fn(module, x, calibrating) -> (x_hat, step)`` as a kind."""
+
+    def wrap(fn: QuantizerKind) -> QuantizerKind:
+        QUANTIZER_KINDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def stat_shape(x: jax.Array, channel_axis: int | None) -> tuple[int, ...]:
+    """Shape of a per-tensor (``()``) or per-channel (broadcastable) statistic of ``x``."""
+    if channel_axis is None:
+        return ()
+    shape = [1] * x.ndim
+    shape[channel_axis] = x.shape[channel_axis]
+    return tuple(shape)
+
+
+def elements_per_step(x: jax.Array, channel_axis: int | None, is_activation: bool) -> int:
+    """``N`` of the LSQ gradient scale: elements sharing one step (per sample for inputs)."""
+    size = int(np.prod(x.shape))
+    if is_activation and x.ndim > 1:
+        size //= x.shape[0]
+    if channel_axis is not None:
+        size //= x.shape[channel_axis]
+    return max(size, 1)
+
+
+def calibrated_step_and_zero_point(spec: QuantizerSpec, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Step and zero point for ``x`` from the spec's init rule and observer."""
+    rng = qz.int_range(spec.bits, spec.signed)
+    shape = stat_shape(x, spec.channel_axis)
+    if spec.init == "lsq":
+        step = qz.lsq_init_step(x, rng.q_max, spec.channel_axis)
+        zero = jnp.zeros_like(step) if spec.signed else jnp.full_like(step, rng.q_min)
+        return step.reshape(shape), zero.reshape(shape)
+    lo, hi = get_observer(spec.observer)(x, spec.channel_axis, **dict(spec.observer_options))
+    step, zero = qz.minmax_step_and_zero_point(lo, hi, spec.bits, spec.signed, spec.symmetric)
+    return step.reshape(shape), zero.reshape(shape)
+
+
+class Quantizer(nn.Module):
+    """One fake quantizer; its estimator is chosen by ``spec.kind``."""
+
+    spec: QuantizerSpec
+    is_activation: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Return ``(x̂, s)``: the fake-quantized tensor and its (effective) step size."""
+        if self.spec.kind not in QUANTIZER_KINDS:
+            raise ValueError(
+                f"quantizer kind {self.spec.kind!r} is unknown: allowed {sorted(QUANTIZER_KINDS)}"
+            )
+        calibrating = self.is_mutable_collection("quant_state") and not self.is_initializing()
+        return QUANTIZER_KINDS[self.spec.kind](self, x, calibrating)
+
+
+@register_quantizer_kind("lsq")
+def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
+    """LSQ: ``x̂ = (clip(⌊x/s⌉ + z, q_min, q_max) − z)·s`` with learned ``s``, fixed ``z``.
+
+    The step's gradient is scaled by ``g = 1/sqrt(N·Q_P)`` when ``spec.grad_scale``.
+    """
+    spec = module.spec
+    rng = qz.int_range(spec.bits, spec.signed)
+    step = module.variable("params", "step", lambda: calibrated_step_and_zero_point(spec, x)[0])
+    zero = module.variable(
+        "quant_state", "zero_point", lambda: calibrated_step_and_zero_point(spec, x)[1]
+    )
+    if calibrating:
+        step.value, zero.value = calibrated_step_and_zero_point(spec, x)
+    s = step.value
+    if spec.grad_scale:
+        n = elements_per_step(x, spec.channel_axis, module.is_activation)
+        s = qz.scale_gradient(s, qz.lsq_grad_scale(n, rng.q_max))
+    s = jnp.abs(s) + 1e-12
+    return qz.fake_quantize(x, s, zero.value, rng.q_min, rng.q_max), s
+
+
+class _QuantizedLayer(nn.Module):
+    """Shared part of :class:`QConv` and :class:`QDense`: quantize input and weight."""
+
+    def quantize_input(self, x: jax.Array, quant: LayerQuant, train: bool) -> jax.Array:
+        step = None
+        if quant.input is not None:
+            x, step = Quantizer(quant.input, is_activation=True, name="input_quant")(x)
+        if quant.perturbation is not None:
+            x = quant.perturbation.perturb_input(self, x, step, train)
+        return x
+
+    def quantize_weight(self, w: jax.Array, quant: LayerQuant, train: bool) -> jax.Array:
+        if quant.weight is not None:
+            w, _ = Quantizer(quant.weight, is_activation=False, name="weight_quant")(w)
+        if quant.perturbation is not None:
+            w = quant.perturbation.perturb_weight(self, w, train)
+        return w
+
+
+class QConv(_QuantizedLayer):
+    """NHWC convolution whose input and kernel (HWIO) are fake-quantized.
+
+    Sows its output as ``intermediates/conv_out`` (the CSD feature tap).
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    feature_group_count: int = 1
+    use_bias: bool = False
+    quant: LayerQuant = LayerQuant()
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        in_features = x.shape[-1]
+        kernel_shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
+        x = self.quantize_input(x, self.quant, train)
+        kernel = self.quantize_weight(kernel, self.quant, train)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=tuple(self.strides),
+            padding=self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.feature_group_count,
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        self.sow("intermediates", "conv_out", y)
+        return y
+
+
+class QDense(_QuantizedLayer):
+    """Dense layer whose input and kernel ``(in, out)`` are fake-quantized."""
+
+    features: int
+    use_bias: bool = True
+    quant: LayerQuant = LayerQuant()
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        x = self.quantize_input(x, self.quant, train)
+        kernel = self.quantize_weight(kernel, self.quant, train)
+        y = jnp.dot(x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y

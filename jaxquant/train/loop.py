@@ -1,0 +1,301 @@
+"""``train_and_evaluate(config, workdir)``: build, (re)start, train, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxquant import parallel
+from jaxquant.data import TrainBatches, calibration_images, eval_batches, load_splits
+from jaxquant.data.sources import Split
+from jaxquant.methods import MethodContext, get_method
+from jaxquant.methods.common import forward
+from jaxquant.models import create_model
+from jaxquant.objectives.classification import cross_entropy
+from jaxquant.quant.calibration import calibrate
+from jaxquant.quant.policy import FULL_PRECISION
+from jaxquant.train.checkpoint import Checkpointer, CheckpointError, load_raw
+from jaxquant.train.metrics import MetricsWriter, format_progress
+from jaxquant.train.optim import create_optimizer
+from jaxquant.train.state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config before training starts."""
+
+    config: ml_collections.ConfigDict
+    method: Any
+    ctx: MethodContext
+    train_split: Split
+    test_split: Split
+    mesh: Any
+
+
+def build_run(config: ml_collections.ConfigDict) -> Run:
+    """Validate the config and build data, models and method; fail fast on bad input."""
+    method = get_method(config.method.name)
+    policy = method.policy(config)
+    method.validate(config)
+    train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
+    model_kwargs = dict(config.model.get("kwargs", {}))
+    model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
+    teacher = None
+    if method.needs_teacher:
+        if not config.init_from:
+            raise ValueError(
+                f"method {method.name!r} needs an FP teacher: set --config.init_from to an FP run"
+            )
+        teacher = create_model(
+            config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs
+        )
+    mesh = parallel.create_mesh(config.get("mesh"))
+    ctx = MethodContext(config=config, model=model, teacher_model=teacher)
+    return Run(config, method, ctx, train_split, test_split, mesh)
+
+
+def init_variables(model, image_shape, rng) -> dict[str, Any]:
+    """Fresh variables of ``model`` for inputs of ``image_shape`` (eval-mode init)."""
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+
+
+def copy_matching(target, source, what: str):
+    """``target`` with every leaf that ``source`` also has replaced by ``source``'s value.
+
+    Quantizer leaves (steps, zero points) exist only in the target and are kept. A source
+    leaf missing from the target, or of another shape, is an error: the checkpoint belongs
+    to a different model.
+    """
+    if not isinstance(source, dict):
+        if np.shape(source) != np.shape(target):
+            raise ValueError(
+                f"{what}: shape {np.shape(source)} in the checkpoint, {np.shape(target)} in the model"
+            )
+        return jnp.asarray(source, dtype=jnp.asarray(target).dtype)
+    if not isinstance(target, dict):
+        raise ValueError(f"{what}: the checkpoint has a subtree where the model has a leaf")
+    out = dict(target)
+    for key, value in source.items():
+        if key not in target:
+            raise ValueError(
+                f"{what}/{key} is in the checkpoint but not in the model: "
+                "init_from must come from the same model.name"
+            )
+        out[key] = copy_matching(target[key], value, f"{what}/{key}")
+    return out
+
+
+def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """``variables`` with params and model state overwritten from the run at ``path``."""
+    _, saved = load_raw(path)
+    out = dict(variables)
+    out["params"] = copy_matching(variables["params"], saved["params"], "params")
+    for collection, values in saved.get("model_state", {}).items():
+        if collection in variables:
+            out[collection] = copy_matching(variables[collection], values, collection)
+    return out
+
+
+def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    variables = dict(variables)
+    return variables.pop("params"), variables
+
+
+def create_train_state(run: Run, total_steps: int):
+    """A new state: init, optionally load ``init_from``, calibrate quantizers, build extra."""
+    config = run.config
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, teacher_rng, state_rng = jax.random.split(rng, 3)
+    variables = init_variables(run.ctx.model, run.train_split.image_shape, init_rng)
+    teacher_variables = None
+    if config.init_from:
+        variables = load_pretrained(config.init_from, variables)
+        if run.ctx.teacher_model is not None:
+            teacher_variables = init_variables(
+                run.ctx.teacher_model, run.train_split.image_shape, teacher_rng
+            )
+            teacher_variables = load_pretrained(config.init_from, teacher_variables)
+    if run.method.policy(config).quantizes:
+        images = calibration_images(run.train_split, config.quant.calibration_images, config.seed)
+        variables = calibrate(run.ctx.model, variables, images)
+    params, model_state = split_variables(variables)
+    tx, _ = create_optimizer(config.optim, total_steps)
+    extra = run.method.init_extra(run.ctx, variables, teacher_variables)
+    return TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        extra=extra,
+        rng=state_rng,
+    )
+
+
+def make_train_step(run: Run, total_steps: int):
+    """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic."""
+    method, ctx = run.method, run.ctx
+    tx, schedule = create_optimizer(run.config.optim, total_steps)
+    loss_fn = method.loss_fn(ctx)
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, aux), grads = method.grads(ctx, loss_fn, state.params, state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            model_state=aux["model_state"],
+        )
+        new_state = new_state.replace(extra=method.update_extra(ctx, new_state))
+        metrics = {
+            "loss": loss,
+            **aux["metrics"],
+            "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads))),
+            "learning_rate": schedule(state.step),
+        }
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model):
+    """Jitted ``(params, model_state, batch) -> (correct, loss_sum, count)`` in eval mode."""
+
+    def eval_step(params, model_state, batch):
+        logits, _, _ = forward(model, params, model_state, batch["image"], train=False)
+        mask = batch["mask"]
+        correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask)
+        loss_sum = cross_entropy(logits, batch["label"], mask) * jnp.sum(mask)
+        return correct, loss_sum, jnp.sum(mask)
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, model_state, split: Split, batch_size: int, mesh) -> dict:
+    """Accuracy and mean cross-entropy over the whole ``split``."""
+    totals = np.zeros(3)
+    for batch in eval_batches(split, batch_size):
+        totals += np.asarray(eval_step(params, model_state, parallel.shard_batch(batch, mesh)))
+    correct, loss_sum, count = totals
+    return {"accuracy": correct / count, "loss": loss_sum / count, "examples": int(count)}
+
+
+def total_train_steps(config: ml_collections.ConfigDict, batches: TrainBatches) -> int:
+    if config.train.num_steps > 0:
+        return int(config.train.num_steps)
+    return int(config.train.num_epochs * batches.steps_per_epoch)
+
+
+def check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
+    if not np.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss is {value} at step {step}: training stopped. The last good checkpoint "
+            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept; "
+            "lower optim.learning_rate or check the data."
+        )
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train per ``config`` in ``workdir`` (resuming from its latest checkpoint); return the
+    summary that is also written to ``<workdir>/summary.json``."""
+    run = build_run(config)
+    write_config(config, workdir)
+    batches = TrainBatches(run.train_split, config.data.batch_size, config.seed)
+    parallel.check_divisible_over_mesh(config.data.batch_size, run.mesh, "data.batch_size")
+    parallel.check_divisible_over_mesh(config.data.eval_batch_size, run.mesh, "data.eval_batch_size")
+    total_steps = total_train_steps(config, batches)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+    metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+
+    state = create_train_state(run, total_steps)
+    state = parallel.replicate(state, run.mesh)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
+    start_step = int(state.step)
+
+    train_step = make_train_step(run, total_steps)
+    eval_step = make_eval_step(run.ctx.model)
+    log_every = max(1, config.train.log_every)
+    last_time, last_step = time.time(), start_step
+    batch_iter = batches.iterate(start_step)
+    for step in range(start_step, total_steps):
+        batch = parallel.shard_batch(next(batch_iter), run.mesh)
+        state, step_metrics = train_step(state, batch)
+        done = step + 1
+        is_last = done == total_steps
+        if done % log_every == 0 or is_last:
+            values = jax.device_get(step_metrics)
+            check_finite(float(values["loss"]), done, checkpointer)
+            now = time.time()
+            rate = (done - last_step) / max(now - last_time, 1e-9)
+            last_time, last_step = now, done
+            metrics.write("train", done, {**values, "steps_per_sec": rate})
+            shown = {k: values[k] for k in ("loss", "accuracy") if k in values}
+            print(f"[{config.name}] " + format_progress(done, total_steps, rate, shown), flush=True)
+        if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
+            result = evaluate(
+                eval_step, state.params, state.model_state, run.test_split,
+                config.data.eval_batch_size, run.mesh,
+            )
+            metrics.write("eval", done, result)
+            print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
+        if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
+            check_finite(float(jax.device_get(step_metrics["loss"])), done, checkpointer)
+            checkpointer.save(done, state)
+
+    result = evaluate(
+        eval_step, state.params, state.model_state, run.test_split,
+        config.data.eval_batch_size, run.mesh,
+    )
+    checkpointer.close()
+    summary = {
+        "name": config.name,
+        "method": config.method.name,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "w_bits": config.quant.w_bits if run.method.policy(config).quantizes else None,
+        "a_bits": config.quant.a_bits if run.method.policy(config).quantizes else None,
+        "steps": int(state.step),
+        "test_accuracy": float(result["accuracy"]),
+        "test_loss": float(result["loss"]),
+        "seed": config.seed,
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "Run",
+    "build_run",
+    "create_train_state",
+    "evaluate",
+    "make_eval_step",
+    "make_train_step",
+    "train_and_evaluate",
+]

@@ -1,0 +1,47 @@
+"""Metrics as JSON lines (``metrics.jsonl`` in the workdir) plus a one-line progress print."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+def to_python(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_python(v) for v in value]
+    array = np.asarray(value) if hasattr(value, "shape") or isinstance(value, np.generic) else None
+    if array is not None:
+        return array.item() if array.size == 1 else array.tolist()
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per record to ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        record = {"kind": kind, "step": int(step), "time": time.time(), **to_python(values)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_progress(step: int, total: int, steps_per_sec: float, values: dict[str, Any]) -> str:
+    parts = [f"step {step}/{total}", f"{steps_per_sec:.1f} steps/s"]
+    parts += [f"{k} {float(v):.4f}" for k, v in values.items()]
+    return " | ".join(parts)
