@@ -21,9 +21,7 @@ def random_crop_flip(
         offsets = jax.random.randint(crop_rng, (batch, 2), 0, 2 * p + 1)
 
         def crop(image, offset):
-            return jax.lax.dynamic_slice(
-                image, (offset[0], offset[1], 0), (height, width, image.shape[-1])
-            )
+            return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
 
         images = jax.vmap(crop)(padded, offsets)
     if flip:

@@ -30,9 +30,7 @@ class TrainBatches:
 
     def __init__(self, split: Split, batch_size: int, seed: int):
         if batch_size > len(split):
-            raise ValueError(
-                f"data.batch_size={batch_size} is larger than the training set ({len(split)})"
-            )
+            raise ValueError(f"data.batch_size={batch_size} is larger than the training set ({len(split)})")
         self.split = split
         self.batch_size = batch_size
         self.steps_per_epoch = len(split) // batch_size

@@ -114,9 +114,7 @@ def load_fashion_mnist_splits(data_dir: str = "") -> tuple[Split, Split]:
                 "--config.data.data_dir to a folder with the four IDX .gz files."
             )
         images, labels = read_idx(paths[0]), read_idx(paths[1])
-        splits.append(
-            array_split(f"fashion_mnist/{split}", images, labels, 10, 255.0, 0.286, 0.353)
-        )
+        splits.append(array_split(f"fashion_mnist/{split}", images, labels, 10, 255.0, 0.286, 0.353))
     return splits[0], splits[1]
 
 
@@ -131,9 +129,9 @@ def load_tfds_split(name: str, split: str, data_dir: str) -> Split:
         raise DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared under {data_dir!r}. On a machine with "
             f"network run `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
-            "(or python -c \"import tensorflow_datasets as tfds; "
+            '(or python -c "import tensorflow_datasets as tfds; '
             f"tfds.builder('{name}', data_dir='{data_dir}', file_format='array_record')"
-            ".download_and_prepare()\") and copy the folder here."
+            '.download_and_prepare()") and copy the folder here.'
         )
     import tensorflow_datasets as tfds
 

@@ -56,5 +56,3 @@ def supervised_loss_fn(ctx):
         return ce, {"model_state": model_state, "metrics": metrics}
 
     return loss_fn
-
-

@@ -27,9 +27,7 @@ def register_model(name: str):
     return wrap
 
 
-def create_model(
-    name: str, num_classes: int, policy: QuantPolicy = FULL_PRECISION, **kwargs
-) -> nn.Module:
+def create_model(name: str, num_classes: int, policy: QuantPolicy = FULL_PRECISION, **kwargs) -> nn.Module:
     """Build model ``name``; an unknown name raises a one-line error listing the choices."""
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is unknown: allowed values {sorted(MODELS)}")

@@ -98,9 +98,7 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
     spec = module.spec
     rng = qz.int_range(spec.bits, spec.signed)
     step = module.variable("params", "step", lambda: calibrated_step_and_zero_point(spec, x)[0])
-    zero = module.variable(
-        "quant_state", "zero_point", lambda: calibrated_step_and_zero_point(spec, x)[1]
-    )
+    zero = module.variable("quant_state", "zero_point", lambda: calibrated_step_and_zero_point(spec, x)[1])
     if calibrating:
         step.value, zero.value = calibrated_step_and_zero_point(spec, x)
     s = step.value

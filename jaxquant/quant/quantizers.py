@@ -65,9 +65,7 @@ def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
     return scaled + jax.lax.stop_gradient(x - scaled)
 
 
-def fake_quantize(
-    x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: int, q_max: int
-) -> jax.Array:
+def fake_quantize(x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: int, q_max: int) -> jax.Array:
     """Uniform fake quantization with a learnable step (LSQ estimator).
 
     ``x_int = clip(⌊x/s⌉ + z, q_min, q_max)``, ``x̂ = (x_int − z)·s``, the round passed

@@ -59,9 +59,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
             raise ValueError(
                 f"method {method.name!r} needs an FP teacher: set --config.init_from to an FP run"
             )
-        teacher = create_model(
-            config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs
-        )
+        teacher = create_model(config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
     mesh = parallel.create_mesh(config.get("mesh"))
     ctx = MethodContext(config=config, model=model, teacher_model=teacher)
     return Run(config, method, ctx, train_split, test_split, mesh)
@@ -257,8 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f"[{config.name}] " + format_progress(done, total_steps, rate, shown), flush=True)
         if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
             result = evaluate(
-                eval_step, state.params, state.model_state, run.test_split,
-                config.data.eval_batch_size, run.mesh,
+                eval_step,
+                state.params,
+                state.model_state,
+                run.test_split,
+                config.data.eval_batch_size,
+                run.mesh,
             )
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
@@ -267,8 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointer.save(done, state)
 
     result = evaluate(
-        eval_step, state.params, state.model_state, run.test_split,
-        config.data.eval_batch_size, run.mesh,
+        eval_step,
+        state.params,
+        state.model_state,
+        run.test_split,
+        config.data.eval_batch_size,
+        run.mesh,
     )
     checkpointer.close()
     summary = {
