@@ -1,0 +1,47 @@
+"""Shared test fixtures: tiny configs and one FP digits checkpoint for the whole session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jaxquant.defaults import get_config
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def tiny_config(**overrides):
+    """The base config shrunk for tests: small CNN on digits, a few steps, quiet logging.
+
+    ``overrides`` use ``__`` for nesting: ``tiny_config(method__name="lsq")``.
+    """
+    config = get_config()
+    config.name = "test"
+    config.model.kwargs = {"widths": (16, 32)}
+    config.data.batch_size = 32
+    config.data.eval_batch_size = 128
+    config.quant.calibration_images = 64
+    config.optim.learning_rate = 0.1
+    config.train.num_steps = 20
+    config.train.log_every = 10
+    config.train.checkpoint_every = 10
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def fp_digits_run(tmp_path_factory):
+    """Workdir of a short FP run on digits (~90% test accuracy); QAT tests start from it."""
+    from jaxquant.train.loop import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("fp_digits"))
+    config = tiny_config(method__name="fp", train__num_steps=200, train__checkpoint_every=200)
+    summary = train_and_evaluate(config, workdir)
+    assert summary["test_accuracy"] > 0.8, summary
+    return workdir
