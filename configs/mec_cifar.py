@@ -1,0 +1,12 @@
+"""MEC-Quant (CE + MoE maximum-entropy coding vs the FP teacher's features) on CIFAR under the group protocol.
+
+``--config configs/mec_cifar.py:<cifar10|cifar100>,<resnet18|mobilenet_v2>`` (default
+``cifar10,resnet18``), W4A4; W2A4/W2A2 with ``--config.quant.w_bits=2 [--config.quant.a_bits=2]``;
+pass ``--config.init_from=<FP run>`` and ``--config.data.data_dir``.
+"""
+
+from configs import protocol
+
+
+def get_config(arg: str = ""):
+    return protocol.cifar("mec", arg)
