@@ -86,29 +86,18 @@ class StudySettings:
         return self.dataset + ("_quick" if self.quick else "")
 
 
-# Sized with --measure-cost (benchmarks/README.md): the Fashion-MNIST grid ≈ 3 CPU hours here.
+# Sized with --measure-cost (benchmarks/README.md): the Fashion-MNIST grid ≈ 3 h on this 2-core CPU.
+SHARED_PRESET = dict(model="small_cnn", widths=(16, 32), qat_learning_rate=0.01)
 PRESETS = {
     "fashion_mnist": dict(
-        model="small_cnn",
-        widths=(16, 32),
-        batch_size=256,
-        fp_epochs=8,
-        fp_learning_rate=0.1,
-        qat_epochs=2,
-        qat_learning_rate=0.01,
+        SHARED_PRESET, batch_size=256, fp_epochs=8, fp_learning_rate=0.1, qat_epochs=2,
         trace=TraceSettings(batch_size=256, num_probes=16, seed=0, every_steps=60, trajectory_probes=8),
     ),
     "digits": dict(
-        model="small_cnn",
-        widths=(16, 32),
-        batch_size=64,
-        fp_epochs=30,
-        fp_learning_rate=0.05,
-        qat_epochs=10,
-        qat_learning_rate=0.01,
+        SHARED_PRESET, batch_size=64, fp_epochs=30, fp_learning_rate=0.05, qat_epochs=10,
         trace=TraceSettings(batch_size=256, num_probes=16, seed=0, every_steps=40, trajectory_probes=8),
     ),
-}
+}  # fmt: skip
 QUICK = {
     "fashion_mnist": dict(seeds=1, bit_settings=((2, 2),), fp_epochs=1, qat_steps=150, every_steps=50),
     "digits": dict(seeds=1, bit_settings=((2, 2),), fp_epochs=10, qat_steps=60, every_steps=20),
@@ -177,21 +166,19 @@ def training_config(settings: StudySettings, seed: int, method: str, qat: bool, 
     return config
 
 
+def fp_training(settings: StudySettings, seed: int, method: str, run_id: str) -> RunSpec:
+    """A full-precision training run (plain ``fp`` or ``dnq``) with the FP epochs and lr."""
+    config = training_config(settings, seed, method, qat=False)
+    labels = dict(seed=seed, group="fp", method=method, w_bits=None, a_bits=None, bits="FP")
+    return RunSpec(run_id, "train", config, labels, trace=True)
+
+
 def study_grid(settings: StudySettings) -> list[RunSpec]:
     """The runs of the study in execution order (a run's parent comes before it)."""
     specs = []
     for seed in range(settings.seeds):
         fp_id, dnq_id = f"seed{seed}/fp", f"seed{seed}/dnq"
-        fp_labels = dict(seed=seed, group="fp", w_bits=None, a_bits=None, bits="FP")
-        specs.append(
-            RunSpec(
-                fp_id,
-                "train",
-                training_config(settings, seed, "fp", qat=False),
-                {**fp_labels, "method": "fp"},
-                trace=True,
-            )
-        )
+        specs.append(fp_training(settings, seed, "fp", fp_id))
         for w_bits, a_bits in settings.bit_settings:
             bits = bits_label(w_bits, a_bits)
             for method in settings.qat_methods:
@@ -206,15 +193,7 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
                         trajectory=method in settings.trajectory_methods,
                     )
                 )
-        specs.append(
-            RunSpec(
-                dnq_id,
-                "train",
-                training_config(settings, seed, "dnq", qat=False),
-                {**fp_labels, "method": "dnq"},
-                trace=True,
-            )
-        )
+        specs.append(fp_training(settings, seed, "dnq", dnq_id))
         for source, parent in (("fp", fp_id), ("dnq", dnq_id)):
             specs.append(
                 RunSpec(

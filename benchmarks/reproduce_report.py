@@ -240,13 +240,14 @@ def claim_scale(claim: Claim) -> tuple[float, str, str]:
     return (1.0, ".4g", "") if claim.metric == "trace" else (100.0, ".2f", " pts")
 
 
-def verdict_rows(results: list[ClaimResult]) -> list[list[str]]:
+def verdict_rows(results: list[ClaimResult], bit_settings: Sequence[str]) -> list[list[str]]:
     rows = []
     for result in results:
         claim = result.claim
         scale, fmt, unit = claim_scale(claim)
         if not result.seeds:
-            effect = "no paired runs"
+            in_grid = claim.group != "qat" or claim.bits in bit_settings
+            effect = "no paired runs" if in_grid else "not in this grid"
             ours = theirs = "–"
         else:
             ours = format_cell(result.method_values, scale, fmt)
@@ -289,37 +290,40 @@ def not_finished_rows(records) -> list[list[str]]:
     ]
 
 
-def group_table(records, metric: str, group: str, methods, bit_settings, scale, fmt) -> list[list[str]]:
-    rows = []
-    for method in methods:
-        cells = [
-            format_cell(list(values_by_seed(records, metric, group, method, b).values()), scale, fmt)
-            for b in bit_settings
-        ]
-        rows.append([method, *cells])
-    return rows
+def cell(records, metric: str, group: str, method: str, bits: str) -> str:
+    """The table cell of ``metric`` over seeds: accuracies in %, traces raw."""
+    values = list(values_by_seed(records, metric, group, method, bits).values())
+    return format_cell(values, *((1.0, ".4g") if metric == "trace" else (100.0, ".2f")))
+
+
+def group_table(records, metric: str, group: str, methods, bit_settings) -> list[list[str]]:
+    return [[method, *(cell(records, metric, group, method, b) for b in bit_settings)] for method in methods]
 
 
 def ptq_rows(records, sources, ptq_bits) -> list[list[str]]:
-    rows = []
-    for source in sources:
-        fp_acc = values_by_seed(records, "accuracy", "fp", source, "FP")
-        trace = values_by_seed(records, "trace", "fp", source, "FP")
-        cells = [
-            format_cell(
-                list(values_by_seed(records, "ptq_accuracy", "ptq", source, str(b)).values()), 100.0, ".2f"
-            )
-            for b in ptq_bits
+    return [
+        [
+            source,
+            cell(records, "accuracy", "fp", source, "FP"),
+            *(cell(records, "ptq_accuracy", "ptq", source, str(b)) for b in ptq_bits),
+            cell(records, "trace", "fp", source, "FP"),
         ]
-        rows.append(
-            [
-                source,
-                format_cell(list(fp_acc.values()), 100.0, ".2f"),
-                *cells,
-                format_cell(list(trace.values()), 1.0, ".4g"),
-            ]
-        )
-    return rows
+        for source in sources
+    ]
+
+
+def errorbar_series(records, metric: str, group: str, method: str, keys) -> tuple[list, list, list]:
+    """``(positions, means, stds)`` in % over the ``keys`` (bit labels) where ``method`` has
+    finished runs; a position is the key's index."""
+    positions, means, stds = [], [], []
+    for i, key in enumerate(keys):
+        values = list(values_by_seed(records, metric, group, method, key).values())
+        if values:
+            mean, std = mean_std([100 * v for v in values])
+            positions.append(i)
+            means.append(mean)
+            stds.append(std or 0.0)
+    return positions, means, stds
 
 
 def bits_label(w_bits: int, a_bits: int) -> str:
@@ -331,29 +335,15 @@ def plot_accuracy_vs_bits(records, methods, bit_settings, path) -> str | None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn = False
     for method in methods:
-        xs, means, stds = [], [], []
-        for i, bits in enumerate(bit_settings):
-            values = list(values_by_seed(records, "accuracy", "qat", method, bits).values())
-            if values:
-                mean, std = mean_std([100 * v for v in values])
-                xs.append(i)
-                means.append(mean)
-                stds.append(std or 0.0)
+        xs, means, stds = errorbar_series(records, "accuracy", "qat", method, bit_settings)
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
             drawn = True
     fp = list(values_by_seed(records, "accuracy", "fp", "fp", "FP").values())
     if fp:
         ax.axhline(100 * mean_std(fp)[0], color="k", linestyle="--", linewidth=1, label="FP")
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xticks(range(len(bit_settings)), bit_settings)
-    ax.set_xlabel("bit setting")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(alpha=0.3)
-    return save(fig, path)
+    return finish(fig, ax, drawn, path, "bit setting", "test accuracy (%)", ncol=2)
 
 
 def plot_trace_vs_accuracy(records, methods, bit_settings, path) -> str | None:
@@ -375,15 +365,9 @@ def plot_trace_vs_accuracy(records, methods, bit_settings, path) -> str | None:
                     label=f"{method} {bits}",
                 )
                 drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xscale("log")
-    ax.set_xlabel("Hessian trace (Hutchinson, fixed probe batch)")
-    ax.set_ylabel("quantized test accuracy (%)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    return save(fig, path)
+    xlabel = "Hessian trace (Hutchinson, fixed probe batch)"
+    return finish(fig, ax, drawn, path, xlabel, "quantized test accuracy (%)", ncol=2, fontsize=7)
 
 
 def plot_trajectories(records, methods, bit_settings, path) -> str | None:
@@ -424,25 +408,26 @@ def plot_ptq(records, sources, ptq_bits, path) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn = False
     for source in sources:
-        xs, means, stds = [], [], []
-        for bits in ptq_bits:
-            values = list(values_by_seed(records, "ptq_accuracy", "ptq", source, str(bits)).values())
-            if values:
-                mean, std = mean_std([100 * v for v in values])
-                xs.append(bits)
-                means.append(mean)
-                stds.append(std or 0.0)
-        if xs:
+        positions, means, stds = errorbar_series(
+            records, "ptq_accuracy", "ptq", source, [str(b) for b in ptq_bits]
+        )
+        if positions:
+            xs = [ptq_bits[i] for i in positions]
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=f"{source}-trained, then PTQ")
             drawn = True
+    ax.invert_xaxis()
+    ax.set_xticks(list(ptq_bits))
+    return finish(fig, ax, drawn, path, "PTQ bits (W = A)", "test accuracy (%)")
+
+
+def finish(fig, ax, drawn: bool, path: str, xlabel: str, ylabel: str, ncol=1, fontsize=8) -> str | None:
+    """Label, save and close a one-panel figure; nothing is saved when nothing was drawn."""
     if not drawn:
         plt.close(fig)
         return None
-    ax.invert_xaxis()
-    ax.set_xticks(list(ptq_bits))
-    ax.set_xlabel("PTQ bits (W = A)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=fontsize, ncol=ncol)
     ax.grid(alpha=0.3)
     return save(fig, path)
 
@@ -540,7 +525,6 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
     claims = [evaluate_claim(records, claim) for claim in CLAIMS]
     counts = run_counts(records)
     wall = sum(r.get("wall_time_s") or 0.0 for r in records if r.get("status") == OK)
-    fp_acc = values_by_seed(records, "accuracy", "fp", "fp", "FP")
     lines = [
         f"# Reproduction study: {study}",
         "",
@@ -562,16 +546,16 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         "",
         markdown_table(
             ["#", "claim", "paper reports", "method", "baseline", "effect [95% CI]", "seeds", "verdict"],
-            verdict_rows(claims),
+            verdict_rows(claims, bit_settings),
         ),
         "",
         "## QAT test accuracy (%), mean ± std over seeds",
         "",
-        f"FP starting point (plain FP training): {format_cell(list(fp_acc.values()), 100.0, '.2f')}.",
+        f"FP starting point (plain FP training): {cell(records, 'accuracy', 'fp', 'fp', 'FP')}.",
         "",
         markdown_table(
             ["method", *bit_settings],
-            group_table(records, "accuracy", "qat", methods, bit_settings, 100.0, ".2f"),
+            group_table(records, "accuracy", "qat", methods, bit_settings),
         ),
         "",
         figure(md_dir, plots["accuracy"], "accuracy vs bits", "no finished QAT runs"),
@@ -579,7 +563,7 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         "## Hessian trace of the final QAT checkpoints, mean ± std over seeds",
         "",
         markdown_table(
-            ["method", *bit_settings], group_table(records, "trace", "qat", methods, bit_settings, 1.0, ".4g")
+            ["method", *bit_settings], group_table(records, "trace", "qat", methods, bit_settings)
         ),
         "",
         figure(

@@ -165,30 +165,11 @@ def synthetic_results():
     offsets = {"lsq": 0.0, "fpq": 0.02, "cr": -0.02, "mec": 0.0}
     for seed in range(3):
         noise = [0.001, -0.002, 0.0015][seed]
-        records.append(
-            dict(
-                run_id=f"seed{seed}/fp",
-                seed=seed,
-                group="fp",
-                method="fp",
-                bits="FP",
-                status="ok",
-                accuracy=0.9 + noise,
-                trace={"status": "ok", "value": 50.0 + seed},
-            )
-        )
-        records.append(
-            dict(
-                run_id=f"seed{seed}/dnq",
-                seed=seed,
-                group="fp",
-                method="dnq",
-                bits="FP",
-                status="ok",
-                accuracy=0.89 + noise,
-                trace={"status": "ok", "value": 30.0 + seed + 1000 * jitter(seed, "dnq")},
-            )
-        )
+        for method, accuracy, trace in (("fp", 0.9, 50.0), ("dnq", 0.89, 30.0 + 1000 * jitter(seed, "dnq"))):
+            records.append(
+                dict(run_id=f"seed{seed}/{method}", seed=seed, group="fp", method=method, bits="FP",
+                     status="ok", accuracy=accuracy + noise, trace={"status": "ok", "value": trace + seed})
+            )  # fmt: skip
         for w, a in settings.bit_settings:
             bits = f"W{w}A{a}"
             for method, offset in offsets.items():
