@@ -2,7 +2,7 @@
 PYTHON ?= python3
 WORKDIR ?= runs/quickstart
 
-.PHONY: install quickstart test lint bench
+.PHONY: install quickstart test lint bench reproduce reproduce-quick
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
@@ -18,3 +18,10 @@ lint: install
 
 bench: install
 	$(PYTHON) benchmarks/train_step.py
+
+# The reproduction study (benchmarks/reproduce.py): resumable; extra flags via ARGS="--seeds 5".
+reproduce: install
+	$(PYTHON) benchmarks/reproduce.py --dataset fashion_mnist $(ARGS)
+
+reproduce-quick: install
+	$(PYTHON) benchmarks/reproduce.py --dataset fashion_mnist --quick $(ARGS)

@@ -37,7 +37,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]  # this checkout's jaxqu
 from reproduce_report import bits_label, write_report  # noqa: E402
 
 from jaxquant.defaults import get_config  # noqa: E402
-from jaxquant.study.runs import FAILED, RunSpec, Study, TraceSettings  # noqa: E402
+from jaxquant.study.runs import RunSpec, Study, TraceSettings, has_failure  # noqa: E402
 
 QAT_METHODS = ("lsq", "pact", "lsq_plus", "kd", "sam", "fpq", "cr", "mec")
 TRAJECTORY_METHODS = ("lsq", "fpq", "cr", "mec")
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         records = run_study(
             settings, args.study_dir or paths["study_dir"], results, command.strip(), args.max_runs
         )
-        failed = [r["run_id"] for r in records if r["status"] == FAILED]
+        failed = [r["run_id"] for r in records if has_failure(r)]
     elif not os.path.exists(results):
         print(f"reproduce: error: {results} does not exist: run the study first", file=sys.stderr)
         return 2

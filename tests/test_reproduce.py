@@ -325,10 +325,17 @@ def file_state(directory) -> dict[str, float]:
 
 def test_quick_study_on_digits_resumes_and_reports(tmp_path, trace_estimator):
     results_path = tmp_path / "results.json"
-    # 1. Part of the grid: the FP run only.
-    assert reproduce.main(study_args(tmp_path, "--max-runs", "1")) == 0
+
+    # 1. Part of the grid: the FP run only; its Hessian trace fails (exit status 1), the run is kept.
+    def broken_estimator(*args, **kwargs):
+        raise RuntimeError("probe exploded")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adapters, "trace_estimator", lambda: broken_estimator)
+        assert reproduce.main(study_args(tmp_path, "--max-runs", "1")) == 1
     first = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
     assert first["seed0/fp"]["status"] == "ok" and first["seed0/qat_lsq_w2a2"]["status"] == "pending"
+    assert first["seed0/fp"]["trace"] == {"status": "failed", "message": "RuntimeError: probe exploded"}
     fp_dir = tmp_path / "runs" / first["seed0/fp"]["workdir"]
     fp_files = file_state(fp_dir)
 
@@ -345,7 +352,8 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, trace_estimator):
         with pytest.raises(KeyboardInterrupt):
             reproduce.main(study_args(tmp_path))
 
-    # 3. Started again: FP is read back, LSQ resumes from its last checkpoint, nothing retrains.
+    # 3. Started again: FP is read back (its trace now computed), LSQ resumes from its last
+    # checkpoint, nothing retrains.
     assert reproduce.main(study_args(tmp_path)) == 0
     assert file_state(fp_dir) == fp_files
     results = json.loads(results_path.read_text())

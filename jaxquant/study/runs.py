@@ -78,6 +78,17 @@ def write_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters) for a results record."""
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first_line}"
+
+
+def has_failure(record: dict[str, Any]) -> bool:
+    """Whether the run, or the Hessian trace of its checkpoint, failed."""
+    return record["status"] == FAILED or (record.get("trace") or {}).get("status") == FAILED
+
+
 def probe_batch(split, size: int, seed: int) -> dict[str, np.ndarray]:
     """``size`` training examples drawn without replacement by ``seed``: the fixed probe batch."""
     rng = np.random.default_rng(seed)
@@ -208,8 +219,7 @@ class Study:
         except Exception as error:  # noqa: BLE001 - one failed run must not end the study
             self.trained += 1
             traceback.print_exc()
-            first_line = (str(error).splitlines() or [""])[0][:300]
-            return {**record, "status": FAILED, "message": f"{type(error).__name__}: {first_line}"}
+            return {**record, "status": FAILED, "message": error_line(error)}
         finally:
             jax.clear_caches()
         if record["status"] == OK:
@@ -282,7 +292,11 @@ class Study:
         the run trained); save the record as finished."""
         record = dict(record)
         if spec.trace and (record.get("trace") or {}).get("status") != OK:
-            record["trace"] = checkpoint_trace(self.run_config(spec), workdir, self.trace_settings)
+            try:
+                record["trace"] = checkpoint_trace(self.run_config(spec), workdir, self.trace_settings)
+            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
+                traceback.print_exc()
+                record["trace"] = {"status": FAILED, "message": error_line(error)}
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
         write_json(os.path.join(workdir, RESULT_FILE), record)
