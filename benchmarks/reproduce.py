@@ -37,6 +37,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]  # this checkout's jaxqu
 from reproduce_report import bits_label, write_report  # noqa: E402
 
 from jaxquant.defaults import get_config  # noqa: E402
+from jaxquant.study import adapters  # noqa: E402
 from jaxquant.study.runs import RunSpec, Study, TraceSettings, has_failure  # noqa: E402
 
 QAT_METHODS = ("lsq", "pact", "lsq_plus", "kd", "sam", "fpq", "cr", "mec")
@@ -73,6 +74,8 @@ class StudySettings:
     model: str
     widths: tuple[int, ...]
     batch_size: int
+    crop_padding: int
+    flip: bool
     fp_epochs: float
     fp_learning_rate: float
     qat_epochs: float
@@ -87,14 +90,14 @@ class StudySettings:
 
 
 # Sized with --measure-cost (benchmarks/README.md): the Fashion-MNIST grid ≈ 3 h on this 2-core CPU.
-SHARED_PRESET = dict(model="small_cnn", widths=(16, 32), qat_learning_rate=0.01)
+SHARED_PRESET = dict(model="small_cnn", widths=(16, 32), qat_learning_rate=0.01, flip=False)
 PRESETS = {
     "fashion_mnist": dict(
-        SHARED_PRESET, batch_size=256, fp_epochs=8, fp_learning_rate=0.1, qat_epochs=2,
+        SHARED_PRESET, batch_size=256, crop_padding=2, fp_epochs=8, fp_learning_rate=0.1, qat_epochs=2,
         trace=TraceSettings(batch_size=256, num_probes=16, seed=0, every_steps=60, trajectory_probes=8),
     ),
     "digits": dict(
-        SHARED_PRESET, batch_size=64, fp_epochs=30, fp_learning_rate=0.05, qat_epochs=10,
+        SHARED_PRESET, batch_size=64, crop_padding=1, fp_epochs=30, fp_learning_rate=0.05, qat_epochs=10,
         trace=TraceSettings(batch_size=256, num_probes=16, seed=0, every_steps=40, trajectory_probes=8),
     ),
 }  # fmt: skip
@@ -142,6 +145,8 @@ def base_config(settings: StudySettings, seed: int):
     config.seed = seed
     config.data.name = settings.dataset
     config.data.batch_size = settings.batch_size
+    config.data.crop_padding = settings.crop_padding
+    config.data.flip = settings.flip
     config.data.eval_batch_size = 500
     config.model.name = settings.model
     config.model.kwargs = {"widths": settings.widths}
@@ -152,7 +157,7 @@ def base_config(settings: StudySettings, seed: int):
 
 def training_config(settings: StudySettings, seed: int, method: str, qat: bool, w_bits=None, a_bits=None):
     config = base_config(settings, seed)
-    config.method.name = method
+    config.method = adapters.method_block(config.method, method)
     epochs, steps, lr = (
         (settings.qat_epochs, settings.qat_steps, settings.qat_learning_rate)
         if qat

@@ -466,6 +466,7 @@ def settings_rows(settings: dict[str, Any]) -> list[list[str]]:
         ["dataset", settings["dataset"]],
         ["model", f"{settings['model']} widths {tuple(settings['widths'])}"],
         ["batch size", str(settings["batch_size"])],
+        ["augmentation (every run)", f"random crop ±{settings['crop_padding']} px, flip {settings['flip']}"],
         ["FP and DNQ training", f"{length('fp_epochs', 'fp_steps')}, lr {settings['fp_learning_rate']}"],
         ["QAT (every method)", f"{length('qat_epochs', 'qat_steps')}, lr {settings['qat_learning_rate']}"],
         ["seeds", str(settings["seeds"])],

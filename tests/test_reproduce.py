@@ -15,12 +15,14 @@ import sys
 import types
 import zlib
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from jaxquant.study import adapters, runs, stats
+from jaxquant.train.checkpoint import load_raw
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
@@ -132,13 +134,19 @@ def test_ptq_adapter_config_and_report(tmp_path):
     )
     assert config.data.name == "digits"
     assert adapters.read_ptq_report(str(tmp_path))["status"] == "unavailable"
-    report = {"fp_accuracy": 0.9, "results": [{"bits": 8, "accuracy": 0.89}, {"w_bits": 4, "accuracy": 0.7}]}
-    (tmp_path / adapters.PTQ_REPORT).write_text(json.dumps(report))
+    rows = [
+        {"bits": "w8a8", "w_bits": 8, "a_bits": 8, "ptq_accuracy": 0.89},
+        {"bits": "w4a4", "w_bits": 4, "a_bits": 4, "ptq_accuracy": 0.7},
+    ]
+    (tmp_path / adapters.PTQ_REPORT).write_text(json.dumps({"fp_accuracy": 0.9, "results": rows}))
     assert adapters.read_ptq_report(str(tmp_path)) == {
         "status": "ok",
         "accuracy_by_bits": {"8": 0.89, "4": 0.7},
         "fp_accuracy": 0.9,
     }
+    mixed = [{"bits": "w4a8", "w_bits": 4, "a_bits": 8, "ptq_accuracy": 0.8}]
+    (tmp_path / adapters.PTQ_REPORT).write_text(json.dumps({"fp_accuracy": 0.9, "results": mixed}))
+    assert adapters.read_ptq_report(str(tmp_path))["status"] == "unavailable"
 
 
 def test_curvature_probe_is_skipped_without_a_curvature_block():
@@ -287,21 +295,28 @@ def test_report_verdicts_and_tables_follow_from_the_records(tmp_path):
 
 
 @pytest.fixture
-def trace_estimator(monkeypatch):
-    """The real ``jaxquant.curvature.hutchinson_trace`` if present; otherwise a stand-in that
-    returns the probe loss (so the value is traceable) and records what it was given."""
+def curvature_calls(monkeypatch):
+    """None when this checkout has ``jaxquant.curvature`` (the real estimator runs). Otherwise
+    a stand-in is installed whose "trace" is ``Σθ²`` of the parameters it is given, so the
+    recorded value shows which checkpoint was measured; the list of its calls is returned."""
+    if adapters.curvature_tools() is not None:
+        return None
     calls = []
-    real = adapters.trace_estimator()
 
-    def stand_in(loss_fn, params, rng, num_probes):
-        calls.append((loss_fn, params, num_probes))
-        return {"trace": float(loss_fn(params)), "stderr": 0.0}
+    def model_objective(model, variables, batches):
+        return "eval-mode cross-entropy", variables["params"], batches
 
-    if real is None:
-        monkeypatch.setitem(
-            sys.modules, "jaxquant.curvature", types.SimpleNamespace(hutchinson_trace=stand_in)
-        )
-    return calls if real is None else None
+    def hutchinson_trace(loss_fn, params, data, key, *, num_probes, log):
+        calls.append({"params": params, "batches": data, "num_probes": num_probes})
+        return types.SimpleNamespace(trace=squared_norm(params), stderr=0.0, num_probes=num_probes)
+
+    stand_in = types.SimpleNamespace(model_objective=model_objective, hutchinson_trace=hutchinson_trace)
+    monkeypatch.setitem(sys.modules, "jaxquant.curvature", stand_in)
+    return calls
+
+
+def squared_norm(tree) -> float:
+    return sum(float(np.sum(np.square(leaf))) for leaf in jax.tree.leaves(tree))
 
 
 def study_args(tmp_path, *extra):
@@ -323,15 +338,18 @@ def file_state(directory) -> dict[str, float]:
     return out
 
 
-def test_quick_study_on_digits_resumes_and_reports(tmp_path, trace_estimator):
+def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
     results_path = tmp_path / "results.json"
 
     # 1. Part of the grid: the FP run only; its Hessian trace fails (exit status 1), the run is kept.
     def broken_estimator(*args, **kwargs):
         raise RuntimeError("probe exploded")
 
+    broken = types.SimpleNamespace(
+        model_objective=lambda *args: (None, None, None), hutchinson_trace=broken_estimator
+    )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adapters, "trace_estimator", lambda: broken_estimator)
+        patch.setattr(adapters, "curvature_tools", lambda: broken)
         assert reproduce.main(study_args(tmp_path, "--max-runs", "1")) == 1
     first = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
     assert first["seed0/fp"]["status"] == "ok" and first["seed0/qat_lsq_w2a2"]["status"] == "pending"
@@ -370,10 +388,11 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, trace_estimator):
     for record in (by_id["seed0/fp"], lsq):
         assert record["trace"]["status"] == "ok" and np.isfinite(record["trace"]["value"])
         assert len(record["config_hash"]) == 10 and record["wall_time_s"] > 0
-    if trace_estimator is not None:
-        loss_fn, params, num_probes = trace_estimator[-1]
-        assert num_probes == 16 and "step" in json.dumps(list(_leaf_paths(params)))
-        assert by_id["seed0/qat_lsq_w2a2"]["trace"]["value"] == pytest.approx(float(loss_fn(params)))
+    if curvature_calls is not None:
+        _, saved = load_raw(str(tmp_path / "runs" / lsq["workdir"]))
+        assert lsq["trace"]["value"] == pytest.approx(squared_norm(saved["params"]))
+        assert "step" in json.dumps(jax.tree_util.tree_map(lambda _: 0, saved["params"]))
+        assert curvature_calls[-1]["batches"]["image"].shape == (1, 256, 8, 8, 1)
 
     # 4. A finished study: every run is read back, no file of any run changes.
     all_files = file_state(tmp_path / "runs")
@@ -398,11 +417,3 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, trace_estimator):
     assert reproduce.main(study_args(tmp_path, "--report-only")) == 0
     assert md_path.read_text() == md
     assert not re.search(r"\bnan\b", md)
-
-
-def _leaf_paths(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _leaf_paths(value, f"{prefix}/{key}")
-    else:
-        yield prefix

@@ -5,10 +5,11 @@ changed interface is a one-function edit. Each degrades to ``{"status": "unavail
 "message": ...}`` when the part is not there, so a study still runs (and says what is missing)
 on a checkout that lacks it. Interfaces used:
 
-* methods: ``jaxquant.methods.METHODS`` (``config.method.name``);
+* methods: ``jaxquant.methods.METHODS`` (``config.method.name``), and a method's
+  ``default_config()`` (its block with every field at its default) where it has one;
 * PTQ: ``config.mode = "ptq"``, ``config.ptq.bits = "8,6,4,3"``, the FP run in
   ``config.init_from``, a JSON report ``<workdir>/ptq_report.json``;
-* Hessian trace: ``jaxquant.curvature.hutchinson_trace``;
+* Hessian trace: ``jaxquant.curvature.model_objective`` and ``hutchinson_trace``;
 * trace trajectory: ``config.curvature.every_steps`` / ``num_probes`` and records of kind
   ``"curvature"`` with a ``"trace"`` value in ``<workdir>/metrics.jsonl``.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ OK = "ok"
 UNAVAILABLE = "unavailable"
 PTQ_REPORT = "ptq_report.json"
 CURVATURE_KIND = "curvature"
-NO_TRACE_ESTIMATOR = "jaxquant.curvature.hutchinson_trace is not in this checkout"
+NO_TRACE_ESTIMATOR = "jaxquant.curvature (model_objective, hutchinson_trace) is not in this checkout"
 
 
 def unavailable(message: str) -> dict[str, Any]:
@@ -42,6 +42,20 @@ def method_available(name: str) -> bool:
     from jaxquant.methods import METHODS
 
     return name in METHODS
+
+
+def method_block(base: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The ``config.method`` block of a run of method ``name``: the method's
+    ``default_config()`` (every [design] field at its default) where the method provides one,
+    else ``base`` (the defaults' block) with ``name`` set. Unregistered names get ``base``."""
+    from jaxquant.methods import METHODS
+
+    method = METHODS.get(name)
+    if method is not None and hasattr(method, "default_config"):
+        return method.default_config()
+    block = ml_collections.ConfigDict(base.to_dict())
+    block.name = name
+    return block
 
 
 def mode_available(name: str) -> bool:
@@ -74,9 +88,8 @@ def read_ptq_report(workdir: str) -> dict[str, Any]:
     """``{"status": "ok", "accuracy_by_bits": {"8": acc, ...}, "fp_accuracy": acc}`` from the
     PTQ mode's report.
 
-    Expects ``<workdir>/ptq_report.json`` with ``"results"``: a list of objects with the bit
-    width (``"bits"``, or ``"w_bits"`` when weights and inputs share it) and ``"accuracy"`` (a
-    fraction), and optionally ``"fp_accuracy"``.
+    Expects ``<workdir>/ptq_report.json`` with ``"fp_accuracy"`` and ``"results"``: one object
+    per bit setting with ``"w_bits"``, ``"a_bits"`` and ``"ptq_accuracy"`` (a fraction).
     """
     path = os.path.join(workdir, PTQ_REPORT)
     if not os.path.exists(path):
@@ -85,51 +98,56 @@ def read_ptq_report(workdir: str) -> dict[str, Any]:
         report = json.load(f)
     by_bits = {}
     for row in report.get("results", []):
-        bits = row.get("bits", row.get("w_bits"))
-        if bits is None or "accuracy" not in row:
-            return unavailable(f"{path}: a result lacks 'bits' or 'accuracy': {row}")
-        by_bits[str(bits)] = float(row["accuracy"])
+        if not {"w_bits", "a_bits", "ptq_accuracy"} <= set(row) or row["w_bits"] != row["a_bits"]:
+            return unavailable(f"{path}: a result is not 'w_bits' = 'a_bits' with 'ptq_accuracy': {row}")
+        by_bits[str(row["w_bits"])] = float(row["ptq_accuracy"])
     if not by_bits:
         return unavailable(f"{path} has no 'results'")
     return {"status": OK, "accuracy_by_bits": by_bits, "fp_accuracy": report.get("fp_accuracy")}
 
 
-def trace_estimator() -> Callable | None:
-    """``jaxquant.curvature.hutchinson_trace`` if this checkout has it, else None."""
+def curvature_tools():
+    """``jaxquant.curvature`` if this checkout has its trace estimator, else None."""
     try:
         curvature = importlib.import_module("jaxquant.curvature")
     except ModuleNotFoundError as error:
-        if error.name not in ("jaxquant.curvature",):
+        if error.name != "jaxquant.curvature":
             raise
         return None
-    return getattr(curvature, "hutchinson_trace", None)
+    needed = ("model_objective", "hutchinson_trace")
+    return curvature if all(hasattr(curvature, name) for name in needed) else None
 
 
-def hessian_trace(loss_fn: Callable, params: Any, num_probes: int, seed: int) -> dict[str, Any]:
-    """Hutchinson estimate of ``Tr(∇²_params loss_fn)``: ``{"status", "value", "stderr", "num_probes"}``.
+def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num_probes: int, seed: int):
+    """Hutchinson estimate of ``Tr(∇²_params L)``: ``{"status", "value", "stderr", "num_probes"}``.
 
-    ``loss_fn(params) -> scalar`` is the loss on a fixed probe batch with the model in eval
-    mode. Expects ``hutchinson_trace(loss_fn, params, rng, num_probes=...)`` to return a float
-    or a mapping with ``"trace"`` (or ``"estimate"``) and optionally ``"stderr"``; the
-    Rademacher probes come from ``PRNGKey(seed)``, the same for every checkpoint.
+    ``L`` is the eval-mode cross-entropy of ``model`` with ``variables`` (``params`` and the
+    model state: BN running statistics, quantizer state) on ``batches`` (arrays with a
+    leading batch axis ``[K, B, ...]``). Expects ``jaxquant.curvature.model_objective(model,
+    variables, batches) -> (loss_fn, params, data)`` and ``hutchinson_trace(loss_fn, params,
+    data, key, num_probes=..., log=...)`` returning an object with ``trace``, ``stderr`` and
+    ``num_probes``; the Rademacher probes come from ``PRNGKey(seed)``, the same for every
+    checkpoint.
     """
-    estimator = trace_estimator()
-    if estimator is None:
+    curvature = curvature_tools()
+    if curvature is None:
         return unavailable(NO_TRACE_ESTIMATOR)
-    result = estimator(loss_fn, params, jax.random.PRNGKey(seed), num_probes=num_probes)
-    if isinstance(result, dict):
-        value = result.get("trace", result.get("estimate"))
-        stderr = result.get("stderr")
-    else:
-        value, stderr = result, None
-    stderr = None if stderr is None else float(stderr)
-    return {"status": OK, "value": float(value), "stderr": stderr, "num_probes": num_probes}
+    loss_fn, params, data = curvature.model_objective(model, variables, batches)
+    estimate = curvature.hutchinson_trace(
+        loss_fn, params, data, jax.random.PRNGKey(seed), num_probes=num_probes, log=None
+    )
+    return {
+        "status": OK,
+        "value": float(estimate.trace),
+        "stderr": float(estimate.stderr),
+        "num_probes": int(estimate.num_probes),
+    }
 
 
 def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int, num_probes: int) -> bool:
     """Switch on the periodic Hutchinson probe during training; False if the config has no
     ``curvature`` block (the probe is not in this checkout). Sets ``curvature.every_steps``
-    and ``curvature.num_probes``."""
+    and ``curvature.num_probes``; the probe's fixed batches keep their defaults."""
     if "curvature" not in config:
         return False
     config.curvature.every_steps = every_steps

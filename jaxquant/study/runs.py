@@ -96,32 +96,20 @@ def probe_batch(split, size: int, seed: int) -> dict[str, np.ndarray]:
     return split.batch(indices)
 
 
-def probe_loss_fn(model, model_state: dict[str, Any], batch: dict[str, np.ndarray]) -> Callable:
-    """``params -> CE(model(x), y)`` on ``batch`` in eval mode (BN running statistics, the
-    quantizers as trained): the loss whose Hessian trace is measured."""
-    from jaxquant.methods.common import forward
-    from jaxquant.objectives.classification import cross_entropy
-
-    def loss_fn(params):
-        logits, _, _ = forward(model, params, model_state, batch["image"], train=False)
-        return cross_entropy(logits, batch["label"])
-
-    return loss_fn
-
-
 def checkpoint_trace(config: ml_collections.ConfigDict, workdir: str, settings: TraceSettings) -> dict:
     """The Hessian trace of the final checkpoint in ``workdir`` on the fixed probe batch."""
-    if adapters.trace_estimator() is None:
+    if adapters.curvature_tools() is None:
         return adapters.unavailable(adapters.NO_TRACE_ESTIMATOR)
     from jaxquant.train.checkpoint import load_raw
     from jaxquant.train.loop import build_run
 
     run = build_run(config)
     _, saved = load_raw(workdir)
+    variables = {"params": saved["params"], **saved.get("model_state", {})}
     batch = probe_batch(run.train_split, settings.batch_size, settings.seed)
-    loss_fn = probe_loss_fn(run.ctx.model, saved.get("model_state", {}), batch)
+    batches = {key: value[None] for key, value in batch.items()}
     start = time.time()
-    result = adapters.hessian_trace(loss_fn, saved["params"], settings.num_probes, settings.seed)
+    result = adapters.hessian_trace(run.ctx.model, variables, batches, settings.num_probes, settings.seed)
     return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
 
 
