@@ -99,6 +99,16 @@ def test_grid_has_every_method_at_every_bit_setting_with_the_same_budget():
     assert all(s.trace for s in specs if s.kind == "train")
 
 
+def test_cost_projection_counts_every_run_of_the_grid():
+    settings = reproduce.study_settings("fashion_mnist", quick=False)
+    base = reproduce.project_cost(settings, 10.0, 20.0, 5.0, 234)
+    assert base["runs"] == 3 * (1 + 24 + 1 + 2)
+    assert base["per_seed_s"]["final_traces"] == 26 * 5.0
+    slower_qat = reproduce.project_cost(settings, 10.0, 40.0, 5.0, 234)
+    assert slower_qat["per_seed_s"]["qat"] == 2 * base["per_seed_s"]["qat"]
+    assert base["total_s"] == pytest.approx(3 * sum(base["per_seed_s"].values()))
+
+
 def test_unknown_dataset_and_bad_seeds_are_one_line_errors():
     with pytest.raises(ValueError, match="--dataset='cifar10' is not allowed"):
         reproduce.study_settings("cifar10", quick=False)
@@ -392,7 +402,7 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
         _, saved = load_raw(str(tmp_path / "runs" / lsq["workdir"]))
         assert lsq["trace"]["value"] == pytest.approx(squared_norm(saved["params"]))
         assert "step" in json.dumps(jax.tree_util.tree_map(lambda _: 0, saved["params"]))
-        assert curvature_calls[-1]["batches"]["image"].shape == (1, 256, 8, 8, 1)
+        assert curvature_calls[-1]["batches"]["image"].shape == (1, 128, 8, 8, 1)
 
     # 4. A finished study: every run is read back, no file of any run changes.
     all_files = file_state(tmp_path / "runs")

@@ -53,11 +53,11 @@ class TraceSettings:
     ``seed`` (the same images and Rademacher probes for every checkpoint), ``num_probes``
     probes; the trajectory probe runs every ``every_steps`` steps during training."""
 
-    batch_size: int = 256
-    num_probes: int = 16
+    batch_size: int = 128
+    num_probes: int = 10
     seed: int = 0
     every_steps: int = 100
-    trajectory_probes: int = 8
+    trajectory_probes: int = 10
 
 
 def config_hash(config: ml_collections.ConfigDict, parent_hash: str | None = None) -> str:
