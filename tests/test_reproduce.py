@@ -379,6 +379,8 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
         patch.setattr(runs.Study, "complete_analyses", killed_after_lsq_trained)
         with pytest.raises(KeyboardInterrupt):
             reproduce.main(study_args(tmp_path))
+    after_kill = {r["run_id"]: r for r in json.loads(results_path.read_text())["runs"]}
+    assert after_kill.keys() == first.keys() and after_kill["seed0/fp"]["trace"]["status"] == "ok"
 
     # 3. Started again: FP is read back (its trace now computed), LSQ resumes from its last
     # checkpoint, nothing retrains.

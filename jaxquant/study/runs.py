@@ -6,7 +6,8 @@ covers the config (without ``name`` and ``init_from``) and the parent's hash, so
 setting never reuses another setting's checkpoints. A finished run leaves
 ``study_result.json`` there and is read back instead of trained again; an unfinished one
 resumes from its latest checkpoint through the train loop; the results file is rewritten
-after every run, so a killed study continues where it stopped.
+after every run (runs not reached yet keep their record from the last call), so a killed
+study continues where it stopped.
 """
 
 from __future__ import annotations
@@ -141,8 +142,17 @@ class Study:
         self.max_runs = max_runs
         self.log = log
         self.records: dict[str, dict[str, Any]] = {}
+        self.earlier = self.read_earlier_records()
         self.hashes: dict[str, str] = {}
         self.trained = 0
+
+    def read_earlier_records(self) -> dict[str, dict[str, Any]]:
+        """The records of the last call's results file, kept for the runs this call has not
+        reached yet, so that a study killed early still reports everything known."""
+        if not os.path.exists(self.results_path):
+            return {}
+        with open(self.results_path) as f:
+            return {record["run_id"]: record for record in json.load(f).get("runs", [])}
 
     def workdir(self, spec: RunSpec) -> str:
         return os.path.join(self.study_dir, f"{spec.run_id}-{self.hashes[spec.run_id]}")
@@ -169,7 +179,9 @@ class Study:
         return ""
 
     def save(self) -> None:
-        write_json(self.results_path, {**self.header, "runs": list(self.records.values())})
+        ids = [spec.run_id for spec in self.specs]
+        known = [self.records.get(i) or self.earlier.get(i) for i in ids]
+        write_json(self.results_path, {**self.header, "runs": [r for r in known if r is not None]})
 
     def base_record(self, spec: RunSpec) -> dict[str, Any]:
         return {
