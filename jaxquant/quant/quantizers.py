@@ -68,19 +68,26 @@ def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
 def fake_quantize(x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: int, q_max: int) -> jax.Array:
     """Uniform fake quantization with a learnable step (LSQ estimator).
 
-    ``x_int = clip(⌊x/s⌉ + z, q_min, q_max)``, ``x̂ = (x_int − z)·s``, the round passed
-    straight through. Autodiff of this expression gives exactly the LSQ gradients:
+    ``x_int = ⌊clip(x/s + z, q_min, q_max)⌉``, ``x̂ = (x_int − z)·s``, the round passed
+    straight through. For an integer ``z`` the forward value equals
+    ``clip(⌊x/s⌉ + z, q_min, q_max)`` (methods brief §0); clipping before rounding (as in
+    LSQ, §1) makes the range test act on ``x/s + z`` itself, so autodiff gives exactly the
+    LSQ gradients, with "inside" meaning ``q_min ≤ x/s + z ≤ q_max``:
 
     * ``∂x̂/∂x = 1`` inside the range, ``0`` outside (clipped);
     * ``∂x̂/∂s = ⌊x/s⌉ − x/s`` inside, ``q_min − z`` below, ``q_max − z`` above
       (``−Q_N`` and ``Q_P`` for ``z = 0``).
 
-    ``step`` and ``zero_point`` broadcast against ``x`` (scalars for per-tensor, shaped
-    with singleton axes for per-channel). ``zero_point`` is treated as a constant.
+    The range is closed: a value exactly on ``q_min`` or ``q_max`` counts as inside
+    (``jnp.clip`` would split the gradient there; rounding before clipping would do so on
+    the whole outermost bins). ``step`` and ``zero_point`` broadcast against ``x``
+    (scalars for per-tensor, shaped with singleton axes for per-channel). ``zero_point``
+    is a constant.
     """
     zero_point = jax.lax.stop_gradient(zero_point)
-    x_int = jnp.clip(round_ste(x / step) + zero_point, q_min, q_max)
-    return (x_int - zero_point) * step
+    scaled = x / step + zero_point
+    clipped = jnp.where(scaled < q_min, q_min, jnp.where(scaled > q_max, q_max, scaled))
+    return (round_ste(clipped) - zero_point) * step
 
 
 def quantize_to_int(
