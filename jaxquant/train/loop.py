@@ -99,7 +99,10 @@ def copy_matching(target, source, what: str):
 
 def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
     """``variables`` with params and model state overwritten from the run at ``path``."""
-    _, saved = load_raw(path)
+    try:
+        _, saved = load_raw(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"init_from={path!r} cannot be loaded: {error}") from error
     out = dict(variables)
     out["params"] = copy_matching(variables["params"], saved["params"], "params")
     for collection, values in saved.get("model_state", {}).items():
@@ -200,13 +203,27 @@ def total_train_steps(config: ml_collections.ConfigDict, batches: TrainBatches) 
     return int(config.train.num_epochs * batches.steps_per_epoch)
 
 
-def check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
-    if not np.isfinite(value):
-        raise NonFiniteLossError(
-            f"loss is {value} at step {step}: training stopped. The last good checkpoint "
-            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept; "
-            "lower optim.learning_rate or check the data."
-        )
+def non_finite_error(what: str, step: int, checkpointer: Checkpointer) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"{what} at step {step}: training stopped. The last good checkpoint "
+        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept; "
+        "lower optim.learning_rate or check the data."
+    )
+
+
+def check_finite(metrics: dict[str, Any], step: int, checkpointer: Checkpointer) -> None:
+    """Stop on a NaN/inf loss or gradient norm (a NaN can hide behind a finite loss, e.g.
+    when a ReLU maps it to 0, yet it poisons the parameters through the gradient)."""
+    for key in ("loss", "grad_norm"):
+        value = float(metrics[key])
+        if not np.isfinite(value):
+            raise non_finite_error(f"{key} is {value}", step, checkpointer)
+
+
+def all_finite(tree) -> bool:
+    """Whether every leaf of ``tree`` is free of NaN and inf."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -246,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         is_last = done == total_steps
         if done % log_every == 0 or is_last:
             values = jax.device_get(step_metrics)
-            check_finite(float(values["loss"]), done, checkpointer)
+            check_finite(values, done, checkpointer)
             now = time.time()
             rate = (done - last_step) / max(now - last_time, 1e-9)
             last_time, last_step = now, done
@@ -265,7 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
-            check_finite(float(jax.device_get(step_metrics["loss"])), done, checkpointer)
+            check_finite(jax.device_get(step_metrics), done, checkpointer)
+            # this step's loss was computed before its update: check the new parameters too
+            if not all_finite(state.params):
+                raise non_finite_error("a parameter is NaN or inf", done, checkpointer)
             checkpointer.save(done, state)
 
     result = evaluate(
