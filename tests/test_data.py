@@ -210,3 +210,83 @@ def test_augmentation_depends_on_the_key():
     c = random_crop_flip(jax.random.PRNGKey(1), images, crop_padding=2, flip=True)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds_dir(tmp_path_factory):
+    """A 3-class TFDS dataset of random 8×8×3 images, prepared as array_record (no network,
+    no TensorFlow); returns ``(data_dir, train images, train labels)``."""
+    import tensorflow_datasets as tfds
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    rng = np.random.default_rng(0)
+    images = {
+        "train": rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+        "test": rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8),
+    }
+
+    class JaxquantTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(8, 8, 3), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in images}
+
+        def _generate_examples(self, split):
+            for i, image in enumerate(images[split]):
+                yield i, {"image": image, "label": i % 3}
+
+    JaxquantTinyImages(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return data_dir, images["train"], np.arange(40) % 3
+
+
+def test_tfds_dataset_is_read_through_data_source(tiny_tfds_dir):
+    data_dir, images, labels = tiny_tfds_dir
+    train, test = load_splits("tfds", "jaxquant_tiny_images", data_dir)
+    assert (len(train), len(test), train.image_shape, train.num_classes) == (40, 9, (8, 8, 3), 3)
+    batch = train.batch(np.arange(len(train)))
+    pixels = np.rint(batch["image"] * train.std * 255.0 + train.mean * 255.0).astype(np.uint8)
+    # TFDS shuffles records on disk: match each one to the example it was written from
+    written = [int(np.flatnonzero((images == p).all(axis=(1, 2, 3)))[0]) for p in pixels]
+    assert sorted(written) == list(range(40))
+    np.testing.assert_array_equal(batch["label"], labels[written])
+
+
+def test_tfds_training_run_end_to_end(tiny_tfds_dir, tmp_path):
+    from conftest import tiny_config
+
+    from jaxquant.train.loop import train_and_evaluate
+
+    config = tiny_config(
+        data__source="tfds",
+        data__name="jaxquant_tiny_images",
+        data__data_dir=tiny_tfds_dir[0],
+        data__batch_size=8,
+        data__eval_batch_size=8,
+        quant__calibration_images=16,
+        train__num_steps=3,
+        method__name="lsq",
+    )
+    summary = train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 3 and summary["dataset"] == "jaxquant_tiny_images"
+
+
+@pytest.mark.parametrize("prepare", ["missing", "empty_folder"])
+def test_unprepared_tfds_dataset_fails_at_once_with_how_to_prepare(tmp_path, prepare):
+    if prepare == "empty_folder":
+        (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
+    data_dir = str(tmp_path if prepare == "empty_folder" else tmp_path / "nowhere")
+    with pytest.raises(
+        DatasetNotFoundError, match=r"TFDS dataset 'cifar10' is not prepared.*tfds build cifar10"
+    ):
+        load_splits("tfds", "cifar10", data_dir)
+    with pytest.raises(DatasetNotFoundError, match="needs an explicit --config.data.data_dir"):
+        load_splits("tfds", "cifar10", "")

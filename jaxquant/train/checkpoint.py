@@ -58,19 +58,30 @@ class Checkpointer:
         self.manager.close()
 
 
+def find_checkpoint(path: str) -> tuple[str, int]:
+    """``(orbax folder, latest step)`` of the run at ``path``; :class:`CheckpointError` if
+    there is no checkpoint. Cheap: nothing is read but the folder listing."""
+    directory = checkpoint_dir(path)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    manager = ocp.CheckpointManager(directory)
+    try:
+        step = manager.latest_step()
+    finally:
+        manager.close()
+    if step is None:
+        raise CheckpointError(f"no checkpoint found in {directory!r}")
+    return directory, step
+
+
 def load_raw(path: str) -> tuple[int, dict[str, Any]]:
     """``(step, state_dict)`` of the latest checkpoint under ``path``, as saved (no template).
 
     Used for ``config.init_from`` and analysis, where the saving run's optimiser state is
     of no interest. Raises :class:`CheckpointError` if there is none or it is unreadable.
     """
-    directory = checkpoint_dir(path)
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    directory, step = find_checkpoint(path)
     manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"no checkpoint found in {directory!r}")
     try:
         return step, manager.restore(step, args=ocp.args.StandardRestore())
     except Exception as error:  # noqa: BLE001 - re-raised with the path

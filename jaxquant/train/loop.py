@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ from jaxquant.models import create_model
 from jaxquant.objectives.classification import cross_entropy
 from jaxquant.quant.calibration import calibrate
 from jaxquant.quant.policy import FULL_PRECISION
-from jaxquant.train.checkpoint import Checkpointer, CheckpointError, load_raw
+from jaxquant.train.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_raw
 from jaxquant.train.metrics import MetricsWriter, format_progress
 from jaxquant.train.optim import create_optimizer
 from jaxquant.train.state import TrainState
@@ -50,6 +51,9 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     method = get_method(config.method.name)
     policy = method.policy(config)
     method.validate(config)
+    if config.init_from:
+        with init_from_errors(config.init_from):
+            find_checkpoint(config.init_from)
     train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
     model_kwargs = dict(config.model.get("kwargs", {}))
     model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
@@ -97,12 +101,19 @@ def copy_matching(target, source, what: str):
     return out
 
 
-def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
-    """``variables`` with params and model state overwritten from the run at ``path``."""
+@contextlib.contextmanager
+def init_from_errors(path: str):
+    """Re-raise a :class:`CheckpointError` with the config field it came from."""
     try:
-        _, saved = load_raw(path)
+        yield
     except CheckpointError as error:
         raise CheckpointError(f"init_from={path!r} cannot be loaded: {error}") from error
+
+
+def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """``variables`` with params and model state overwritten from the run at ``path``."""
+    with init_from_errors(path):
+        _, saved = load_raw(path)
     out = dict(variables)
     out["params"] = copy_matching(variables["params"], saved["params"], "params")
     for collection, values in saved.get("model_state", {}).items():
@@ -204,10 +215,14 @@ def total_train_steps(config: ml_collections.ConfigDict, batches: TrainBatches) 
 
 
 def non_finite_error(what: str, step: int, checkpointer: Checkpointer) -> NonFiniteLossError:
+    latest = checkpointer.latest_step()
+    kept = (
+        f"The last good checkpoint (step {latest}) in {checkpointer.directory} is kept"
+        if latest is not None
+        else "No checkpoint had been written yet"
+    )
     return NonFiniteLossError(
-        f"{what} at step {step}: training stopped. The last good checkpoint "
-        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept; "
-        "lower optim.learning_rate or check the data."
+        f"{what} at step {step}: training stopped. {kept}; lower optim.learning_rate or check the data."
     )
 
 
