@@ -12,6 +12,13 @@ from jaxquant.quant.layers import Quantizer
 from jaxquant.quant.policy import QuantizerSpec
 
 BITS = st.integers(qz.MIN_BITS, qz.MAX_BITS)
+# a quantizer calibrated on [lo, lo + width], signed or unsigned grid, any bit width
+GRIDS = dict(
+    bits=BITS,
+    signed=st.booleans(),
+    lo=st.floats(-100.0, 0.0, allow_subnormal=False),
+    width=st.floats(1e-3, 200.0),
+)
 
 
 def grid_setup(bits, signed, lo, hi):
@@ -153,12 +160,7 @@ def test_per_channel_equals_quantizing_each_channel_alone(axis):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    bits=BITS,
-    signed=st.booleans(),
-    lo=st.floats(-100.0, 0.0, allow_subnormal=False),
-    width=st.floats(1e-3, 200.0),
-)
+@given(**GRIDS)
 def test_grid_has_two_to_the_b_levels(bits, signed, lo, width):
     step, zero, rng = grid_setup(bits, signed, lo, lo + width)
     low, high = representable_range(step, zero, rng)
@@ -170,13 +172,7 @@ def test_grid_has_two_to_the_b_levels(bits, signed, lo, width):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    bits=BITS,
-    signed=st.booleans(),
-    lo=st.floats(-100.0, 0.0, allow_subnormal=False),
-    width=st.floats(1e-3, 200.0),
-    seed=st.integers(0, 2**16),
-)
+@given(**GRIDS, seed=st.integers(0, 2**16))
 def test_idempotent_on_grid_and_error_at_most_half_step_inside(bits, signed, lo, width, seed):
     step, zero, rng = grid_setup(bits, signed, lo, lo + width)
     low, high = representable_range(step, zero, rng)
