@@ -1,5 +1,6 @@
-"""CIFAR-style ResNets (He et al. 2016): ResNet-20 (basic blocks, 16/32/64) and ResNet-18
-with the CIFAR stem (3×3 conv, no max-pool, 64/128/256/512)."""
+"""CIFAR-style ResNets (He et al. 2016): ResNet-20 (basic blocks, 16/32/64), and ResNet-18
+(basic blocks) and ResNet-50 (bottlenecks) with the CIFAR stem (3×3 conv, no max-pool,
+64/128/256/512)."""
 
 from __future__ import annotations
 
@@ -34,13 +35,37 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
+class Bottleneck(nn.Module):
+    """``relu(bn(conv1×1(relu(bn(conv3×3(relu(bn(conv1×1(x)))))))) + shortcut(x))`` with
+    ``4·features`` outputs; the 3×3 conv strides, a 1×1 projection when shapes change."""
+
+    features: int
+    strides: int
+    policy: QuantPolicy
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+        quant = self.policy.layer("middle")
+        out = 4 * self.features
+        y = nn.relu(bn("bn1")(QConv(self.features, (1, 1), quant=quant, name="conv1")(x, train)))
+        y = QConv(self.features, (3, 3), (self.strides,) * 2, quant=quant, name="conv2")(y, train)
+        y = nn.relu(bn("bn2")(y))
+        y = bn("bn3")(QConv(out, (1, 1), quant=quant, name="conv3")(y, train))
+        if x.shape[-1] != out or self.strides != 1:
+            x = QConv(out, (1, 1), (self.strides,) * 2, quant=quant, name="proj")(x, train)
+            x = bn("bn_proj")(x)
+        return nn.relu(y + x)
+
+
 class CifarResNet(nn.Module):
-    """Stem conv (role ``first``), stages of :class:`BasicBlock`, global pool, head (``last``)."""
+    """Stem conv (role ``first``), stages of ``block``, global pool, head (``last``)."""
 
     stage_sizes: Sequence[int]
     widths: Sequence[int]
     num_classes: int = 10
     policy: QuantPolicy = FULL_PRECISION
+    block: type[nn.Module] = BasicBlock
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -49,7 +74,7 @@ class CifarResNet(nn.Module):
         for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(width, strides, self.policy, name=f"stage{i}_block{j}")(x, train)
+                x = self.block(width, strides, self.policy, name=f"stage{i}_block{j}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", x)
         return QDense(self.num_classes, quant=self.policy.layer("last"), name="head")(x, train)
@@ -61,3 +86,7 @@ def resnet20(**kwargs) -> CifarResNet:
 
 def resnet18(**kwargs) -> CifarResNet:
     return CifarResNet(stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), **kwargs)
+
+
+def resnet50(**kwargs) -> CifarResNet:
+    return CifarResNet(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), block=Bottleneck, **kwargs)
