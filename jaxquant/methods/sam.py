@@ -30,7 +30,7 @@ def sam_gradients(loss_fn, params, state, batch, rng, rho: float):
     """``((L(w), aux(w)), ∇L(w + ρ·g/‖g‖))`` with ``g = ∇L(w)``; aux (BN state) from ``w``."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, aux), grads = grad_fn(params, state, batch, rng)
-    scale = rho / (optax.global_norm(grads) + 1e-12)
+    scale = rho / (optax.tree.norm(grads) + 1e-12)
     perturbed = jax.tree_util.tree_map(lambda w, g: w + scale * g, params, grads)
     (perturbed_loss, _), perturbed_grads = grad_fn(perturbed, state, batch, rng)
     aux = {**aux, "metrics": {**aux["metrics"], "perturbed_loss": perturbed_loss}}
