@@ -73,12 +73,22 @@ class ConvBN(nn.Module):
         return x if self.activation is None else self.activation(x)
 
 
-class MobileNetV1(nn.Module):
-    """Stem conv, 13 depthwise-separable blocks (3×3 depthwise, 1×1 pointwise), pool, head."""
+class MobileNet(nn.Module):
+    """Fields and classifier shared by both versions."""
 
     num_classes: int = 10
     width_multiplier: float = 1.0
     policy: QuantPolicy = FULL_PRECISION
+
+    def classify(self, x: jax.Array, train: bool) -> jax.Array:
+        """Global average pool, sow ``features``, then the classifier (role ``last``)."""
+        x = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "features", x)
+        return QDense(self.num_classes, quant=self.policy.layer("last"), name="head")(x, train)
+
+
+class MobileNetV1(MobileNet):
+    """Stem conv, 13 depthwise-separable blocks (3×3 depthwise, 1×1 pointwise), pool, head."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -89,9 +99,7 @@ class MobileNetV1(nn.Module):
             x = ConvBN(channels, 3, middle, stride, groups=channels, name=f"block{i}_dw")(x, train)
             channels = scaled_channels(width, self.width_multiplier)
             x = ConvBN(channels, 1, middle, name=f"block{i}_pw")(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        self.sow("intermediates", "features", x)
-        return QDense(self.num_classes, quant=self.policy.layer("last"), name="head")(x, train)
+        return self.classify(x, train)
 
 
 class InvertedResidual(nn.Module):
@@ -118,12 +126,8 @@ class InvertedResidual(nn.Module):
         return y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(MobileNet):
     """Stem conv, 17 inverted-residual blocks, 1×1 conv to 1280, pool, head."""
-
-    num_classes: int = 10
-    width_multiplier: float = 1.0
-    policy: QuantPolicy = FULL_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -139,6 +143,4 @@ class MobileNetV2(nn.Module):
                 )
         last = scaled_channels(V2_LAST_CHANNELS, max(1.0, self.width_multiplier))
         x = ConvBN(last, 1, middle, activation=nn.relu6, name="last_conv")(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        self.sow("intermediates", "features", x)
-        return QDense(self.num_classes, quant=self.policy.layer("last"), name="head")(x, train)
+        return self.classify(x, train)

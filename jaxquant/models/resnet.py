@@ -11,7 +11,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxquant.quant.layers import QConv, QDense
-from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
+from jaxquant.quant.policy import FULL_PRECISION, LayerQuant, QuantPolicy
+
+
+def shortcut(x: jax.Array, features: int, strides: int, quant: LayerQuant, train: bool) -> jax.Array:
+    """The residual branch: ``x``, or ``bn_proj(proj(x))`` (strided 1×1 conv) when the width
+    or the resolution changes. Called inside a block's compact ``__call__``."""
+    if x.shape[-1] == features and strides == 1:
+        return x
+    x = QConv(features, (1, 1), (strides, strides), quant=quant, name="proj")(x, train)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_proj")(x)
 
 
 class BasicBlock(nn.Module):
@@ -29,19 +38,12 @@ class BasicBlock(nn.Module):
         y = nn.relu(bn("bn1")(y))
         y = QConv(self.features, (3, 3), quant=quant, name="conv2")(y, train)
         y = bn("bn2")(y)
-        if x.shape[-1] != self.features or self.strides != 1:
-            x = QConv(self.features, (1, 1), (self.strides,) * 2, quant=quant, name="proj")(x, train)
-            x = bn("bn_proj")(x)
-        return nn.relu(y + x)
+        return nn.relu(y + shortcut(x, self.features, self.strides, quant, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(BasicBlock):
     """``relu(bn(conv1×1(relu(bn(conv3×3(relu(bn(conv1×1(x)))))))) + shortcut(x))`` with
     ``4·features`` outputs; the 3×3 conv strides, a 1×1 projection when shapes change."""
-
-    features: int
-    strides: int
-    policy: QuantPolicy
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,10 +54,7 @@ class Bottleneck(nn.Module):
         y = QConv(self.features, (3, 3), (self.strides,) * 2, quant=quant, name="conv2")(y, train)
         y = nn.relu(bn("bn2")(y))
         y = bn("bn3")(QConv(out, (1, 1), quant=quant, name="conv3")(y, train))
-        if x.shape[-1] != out or self.strides != 1:
-            x = QConv(out, (1, 1), (self.strides,) * 2, quant=quant, name="proj")(x, train)
-            x = bn("bn_proj")(x)
-        return nn.relu(y + x)
+        return nn.relu(y + shortcut(x, out, self.strides, quant, train))
 
 
 class CifarResNet(nn.Module):
