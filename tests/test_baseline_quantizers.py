@@ -18,6 +18,7 @@ from jaxquant.quant.baselines import (
     pact_quantize,
     quantize_unit,
 )
+from jaxquant.quant.quantizers import fake_quantize
 
 
 def test_kinds_are_registered():
@@ -180,3 +181,16 @@ def test_first_last_kind_replaces_both_kinds_at_the_ends_only():
     middle = policy.layer("middle")
     assert (middle.weight.kind, middle.input.kind, middle.input.bits) == ("dorefa", "pact", 2)
     assert QuantPolicy(w_bits=2, a_bits=2, act_kind="pact").layer("first").input.kind == "pact"
+
+
+def test_lsq_counts_values_rounding_onto_a_grid_end_as_inside():
+    """LSQ ``⌊clip(x/s, q_min − z, q_max − z)⌉ + z``: z = 1 on {0..3} represents {−1, 0, 1, 2}."""
+    x = jnp.array([-1.4, -1.0, 0.5, 1.9, 2.5])
+    out = fake_quantize(x, 1.0, 1.0, 0, 3)
+    np.testing.assert_allclose(out, np.clip(np.round(np.asarray(x)) + 1, 0, 3) - 1)
+    per_element = lambda v, s: fake_quantize(v, s, 1.0, 0, 3)
+    d_x, d_step = jax.jacfwd(per_element, argnums=(0, 1))(x, jnp.ones(5))
+    # Inside (grid ends included): ∂x̂/∂x = 1, ∂x̂/∂s = ⌊x/s⌉ − x/s; below q_min − z = −1,
+    # above q_max − z = 2.
+    np.testing.assert_allclose(jnp.diag(d_x), [0.0, 1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(jnp.diag(d_step), [-1.0, 0.0, -0.5, 0.1, 2.0], atol=1e-6)

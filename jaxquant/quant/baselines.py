@@ -10,18 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxquant.quant.quantizers import int_range, reduce_axes, round_ste
+from jaxquant.quant.quantizers import clip_closed, int_range, reduce_axes, round_ste
 
 EPS = 1e-8
-
-
-def clip_closed(x: jax.Array, lo: jax.Array | float, hi: jax.Array | float) -> jax.Array:
-    """``clip(x, lo, hi)`` whose gradient is 1 on the closed interval ``[lo, hi]``, 0 outside.
-
-    ``jnp.clip`` gives ``1/2`` at ``x = lo`` or ``x = hi``, which would halve the gradient of
-    every value that sits exactly on a grid end (all ReLU zeros, for instance).
-    """
-    return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
 
 
 def fake_quantize_offset(
