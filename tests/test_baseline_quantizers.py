@@ -140,6 +140,14 @@ def test_lsq_plus_kind_initialises_from_the_calibration_range():
     assert float(jnp.max(jnp.abs(x_hat - x))) <= float(step) / 2 + 1e-5  # nothing clipped
 
 
+def test_lsq_plus_kind_with_lsq_init_starts_the_grid_at_the_minimum():
+    x = jnp.linspace(-1.2, 3.3, 64).reshape(4, 16)
+    _, variables = init_quantizer("lsq_plus", x, init="lsq")
+    expected_step = 2.0 * float(jnp.mean(jnp.abs(x))) / np.sqrt(15)
+    assert float(variables["params"]["step"]) == pytest.approx(expected_step, rel=1e-5)
+    assert float(variables["params"]["offset"]) == pytest.approx(-1.2, rel=1e-5)
+
+
 def test_lsq_plus_kind_scales_both_gradients():
     x = jnp.array([[-2.0, 0.3, 5.0]])
     quantizer, variables = init_quantizer("lsq_plus", x, bits=2)
