@@ -13,7 +13,9 @@ from jaxquant.train.loop import build_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
-    path for path in glob.glob(os.path.join(REPO, "configs", "*.py")) if not path.endswith("__init__.py")
+    path
+    for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if os.path.basename(path) not in ("__init__.py", "common.py")
 )
 
 
@@ -84,3 +86,13 @@ def test_cifar_qat_configs_follow_the_group_protocol(model, monkeypatch):
         "tensor",
     )
     assert (config.quant.init, config.quant.calibration_images) == ("minmax", 100)
+
+
+@pytest.mark.parametrize("method", ["fp", "lsq", "lsq_plus", "pact", "dorefa", "sam"])
+def test_cifar_protocol(method):
+    config = importlib.import_module(f"configs.{method}_cifar").get_config("cifar100,mobilenet_v2")
+    assert (config.data.source, config.data.name, config.model.name) == ("tfds", "cifar100", "mobilenet_v2")
+    assert (config.quant.w_bits, config.quant.a_bits, config.quant.first_last_bits) == (4, 4, 8)
+    assert (config.data.batch_size, config.train.num_epochs, config.optim.weight_decay) == (256, 200, 5e-4)
+    assert config.optim.learning_rate == (0.1 if method == "fp" else 0.01)
+    assert importlib.import_module(f"configs.{method}_cifar").get_config().model.name == "resnet18"

@@ -59,6 +59,15 @@ def round_ste(x: jax.Array) -> jax.Array:
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
+def clip_closed(x: jax.Array, lo: jax.Array | float, hi: jax.Array | float) -> jax.Array:
+    """``clip(x, lo, hi)`` whose gradient is 1 on the closed interval ``[lo, hi]``, 0 outside.
+
+    ``jnp.clip`` gives ``1/2`` at ``x = lo`` or ``x = hi``, which would halve the gradient of
+    every value that sits exactly on a grid end (ReLU zeros, values rounding to ``q_max``).
+    """
+    return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+
+
 def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
     """Identity forward, gradient multiplied by ``scale``: ``x·g + sg(x − x·g)`` (LSQ)."""
     scaled = x * scale
@@ -78,16 +87,16 @@ def fake_quantize(x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: i
     * ``∂x̂/∂s = ⌊x/s⌉ − x/s`` inside, ``q_min − z`` below, ``q_max − z`` above
       (``−Q_N`` and ``Q_P`` for ``z = 0``).
 
-    The range is closed: a value exactly on ``q_min`` or ``q_max`` counts as inside
-    (``jnp.clip`` would split the gradient there; rounding before clipping would do so on
-    the whole outermost bins). ``step`` and ``zero_point`` broadcast against ``x``
-    (scalars for per-tensor, shaped with singleton axes for per-channel). ``zero_point``
-    is a constant.
+    Computed as ``⌊clip(x/s, q_min − z, q_max − z)⌉ + z`` (the same values, the bounds being
+    integers), with the clip's gradient 1 on the closed range: a value that rounds onto a
+    grid end counts as inside, as in LSQ's ``⌊clip(x/s, −Q_N, Q_P)⌉``.
+
+    ``step`` and ``zero_point`` broadcast against ``x`` (scalars for per-tensor, shaped
+    with singleton axes for per-channel). ``zero_point`` is treated as a constant.
     """
     zero_point = jax.lax.stop_gradient(zero_point)
-    scaled = x / step + zero_point
-    clipped = jnp.where(scaled < q_min, q_min, jnp.where(scaled > q_max, q_max, scaled))
-    return (round_ste(clipped) - zero_point) * step
+    x_int = round_ste(clip_closed(x / step, q_min - zero_point, q_max - zero_point)) + zero_point
+    return (x_int - zero_point) * step
 
 
 def quantize_to_int(
