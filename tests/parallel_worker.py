@@ -10,9 +10,11 @@ Each command writes ``.npz`` files of flattened pytrees (``keystr`` → array) a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
+import traceback
 
 import jax
 import numpy as np
@@ -85,14 +87,45 @@ def train(config, out: str, tag: str) -> dict:
     return report, run, state
 
 
+def module_exists(name: str) -> bool:
+    """Whether ``name`` (a dotted module path) can be imported; a missing parent counts as no."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def hutchinson_probes(run, state) -> list[float] | str:
+    """Per-probe ``vᵀHv`` of the trained model on the first test batch, split over the mesh
+    (``jaxquant.curvature``'s API); the error text if that API does not fit."""
+    try:
+        from jaxquant.curvature.hutchinson import hutchinson_trace
+        from jaxquant.curvature.hvp import model_objective
+
+        batch = run.test_split.batch(np.arange(run.config.data.batch_size))
+        sharding = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES))
+        batches = {
+            k: jax.make_array_from_process_local_data(sharding, v[None], v[None].shape)
+            for k, v in batch.items()
+        }
+        objective = model_objective(run.ctx.model, state.variables, batches)
+        estimate = hutchinson_trace(*objective, jax.random.PRNGKey(1), num_probes=4, chunk_size=4, log=None)
+        return [float(v) for v in estimate.probe_values]
+    except Exception:  # noqa: BLE001 - reported to the test, which fails with it
+        return traceback.format_exc()
+
+
 def parity(spec: dict) -> None:
     """Each method on each mesh layout; the LSQ state on the FSDP mesh is also checkpointed."""
     out, reports = spec["out"], {}
+    with_hutchinson = module_exists("jaxquant.curvature.hutchinson")
     for method, layouts in spec["runs"].items():
         for data, model, fsdp_min_size in layouts:
             tag = f"{method}_{data}x{model}"
             config = config_for(method, spec["init_from"], data, model, fsdp_min_size)
             reports[tag], run, state = train(config, out, tag)
+            if with_hutchinson and tag in spec.get("hutchinson", ()):
+                reports[tag]["hutchinson"] = hutchinson_probes(run, state)
             if tag == spec.get("checkpoint"):
                 checkpointer = Checkpointer(os.path.join(out, "checkpoint"))
                 checkpointer.save(STEPS, state)
