@@ -31,10 +31,17 @@ Random numbers (augmentation, FPQ/DNQ noise, Rademacher probes) are drawn for th
 with ``jax_threefry_partitionable`` (on by default) the bits do not depend on the sharding, so a
 run on 8 devices draws exactly what a run on 1 device draws.
 
-What would become per-shard, and is avoided: reducing host-side over the batch that one
-process loaded (each process holds only its rows, see :func:`process_rows`), or using
-``jax.Array.addressable_data``. Code that needs a whole-batch statistic computes it inside the
-jitted step.
+What would become per-shard, and is avoided: reducing host-side over the part of the batch
+that one process loaded, or over ``jax.Array.addressable_data``. Code that needs a
+whole-batch statistic computes it inside the jitted step.
+
+Input: each process reads only its block of every global batch
+(:class:`~jaxquant.data.TrainBatches`) and :func:`shard_batch` assembles the global array
+with ``jax.make_array_from_process_local_data``, which puts that block on the process's own
+devices. With the process-major device order of CPU and GPU meshes the global batch is in
+the same order as on one device. On a TPU pod ``jax.make_mesh`` may interleave hosts for the
+interconnect; the rows of the global batch are then permuted: the same examples, and every
+reduction above ignores order (only a per-row random draw moves with its row).
 
 Multi-host: every process runs the same command; :func:`initialize_distributed` starts
 ``jax.distributed`` when the launcher announces more than one process (Slurm, Open MPI, the
@@ -225,17 +232,9 @@ def check_divisible_over_mesh(batch_size: int, mesh: Mesh, field: str) -> None:
         )
 
 
-def process_rows(mesh: Mesh, global_batch_size: int, field: str = "batch size") -> np.ndarray:
-    """Rows of each global batch that this process's devices hold, in the order that
-    ``jax.make_array_from_process_local_data`` expects its local data."""
-    check_divisible_over_mesh(global_batch_size, mesh, field)
-    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    starts = sorted({index[0].indices(global_batch_size)[:2] for index in index_map.values()})
-    return np.concatenate([np.arange(start, stop) for start, stop in starts])
-
-
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global batch from this process's rows (:func:`process_rows`), split over the mesh."""
+    """The global batch, split over the mesh, from this process's part of it (its block of
+    ``batch_size / process_count`` examples, which goes to this process's devices)."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 

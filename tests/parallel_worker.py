@@ -59,8 +59,7 @@ def train(config, out: str, tag: str) -> dict:
     state = create_train_state(run, STEPS)
     sharding = run.state_sharding(state)
     train_step = make_train_step(run, STEPS, sharding)
-    rows = parallel.process_rows(run.mesh, config.data.batch_size)
-    batches = TrainBatches(run.train_split, config.data.batch_size, config.seed, rows)
+    batches = TrainBatches(run.train_split, config.data.batch_size, config.seed)
     losses = []
     for step in range(STEPS):
         state, metrics = train_step(state, parallel.shard_batch(batches[step], run.mesh))
@@ -151,8 +150,7 @@ def restore(spec: dict) -> None:
     _, raw = load_raw(spec["checkpoint"])
     np.savez(os.path.join(spec["out"], "raw_params.npz"), **flat(raw["params"]))
     train_step = make_train_step(run, STEPS + 1, run.state_sharding(state))
-    rows = parallel.process_rows(run.mesh, config.data.batch_size)
-    batch = TrainBatches(run.train_split, config.data.batch_size, config.seed, rows)[STEPS]
+    batch = TrainBatches(run.train_split, config.data.batch_size, config.seed)[STEPS]
     state, metrics = train_step(state, parallel.shard_batch(batch, run.mesh))
     report = {
         "devices": run.mesh.size,
@@ -185,7 +183,7 @@ def multiprocess(spec: dict) -> None:
     report.update(
         processes=jax.process_count(),
         local_devices=jax.local_device_count(),
-        rows=parallel.process_rows(run.mesh, config.data.batch_size).tolist(),
+        local_batch=len(TrainBatches(run.train_split, config.data.batch_size, config.seed)[0]["label"]),
         restored_equal=all(jax.tree.leaves(same)),
     )
     with open(os.path.join(spec["out"], f"{tag}.json"), "w") as f:

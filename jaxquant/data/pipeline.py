@@ -28,15 +28,12 @@ def check_divisible(batch_size: int, divisor: int, what: str) -> None:
 class TrainBatches:
     """Random access to shuffled training batches: ``batches[step]``."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, rows: np.ndarray | None = None):
-        """``rows``: this process's rows of each global batch (``parallel.process_rows``);
-        by default block ``jax.process_index()`` of ``jax.process_count()`` equal blocks."""
+    def __init__(self, split: Split, batch_size: int, seed: int):
         if batch_size > len(split):
             raise ValueError(f"data.batch_size={batch_size} is larger than the training set ({len(split)})")
         self.split = split
         self.batch_size = batch_size
         self.steps_per_epoch = len(split) // batch_size
-        self.rows = rows
         self._indices = (
             grain.MapDataset.range(len(split))
             .shuffle(seed=seed)
@@ -50,8 +47,6 @@ class TrainBatches:
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
         """This process's part of global batch ``step``."""
         indices = self.indices(step)
-        if self.rows is not None:
-            return self.split.batch(indices[self.rows])
         process_count = jax.process_count()
         check_divisible(self.batch_size, process_count, "data.batch_size")
         local = np.split(indices, process_count)[jax.process_index()]

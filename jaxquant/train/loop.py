@@ -155,12 +155,7 @@ def create_train_state(run: Run, total_steps: int):
 
 
 def make_train_step(run: Run, total_steps: int, state_sharding=None):
-    """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic.
-
-    With ``state_sharding`` (``run.state_sharding(state)``) the state enters and leaves with
-    exactly that sharding and the batch is split over the mesh, so the step compiles once;
-    without it, jit infers the shardings from the arguments.
-    """
+    """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic."""
     method, ctx = run.method, run.ctx
     tx, schedule = create_optimizer(run.config.optim, total_steps)
     loss_fn = method.loss_fn(ctx)
@@ -185,6 +180,9 @@ def make_train_step(run: Run, total_steps: int, state_sharding=None):
         }
         return new_state, metrics
 
+    # With ``state_sharding`` (``run.state_sharding(state)``) the state enters and leaves with
+    # exactly that sharding and the batch is split over the mesh, so the step compiles once;
+    # without it, jit infers the shardings from the arguments.
     if state_sharding is None:
         return jax.jit(train_step, donate_argnums=0)
     return jax.jit(
@@ -246,8 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary that is also written to ``<workdir>/summary.json``."""
     run = build_run(config)
     write_config(config, workdir)
-    rows = parallel.process_rows(run.mesh, config.data.batch_size, "data.batch_size")
-    batches = TrainBatches(run.train_split, config.data.batch_size, config.seed, rows)
+    batches = TrainBatches(run.train_split, config.data.batch_size, config.seed)
+    parallel.check_divisible_over_mesh(config.data.batch_size, run.mesh, "data.batch_size")
     parallel.check_divisible_over_mesh(config.data.eval_batch_size, run.mesh, "data.eval_batch_size")
     total_steps = total_train_steps(config, batches)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
