@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import traceback
 
 import jax
@@ -49,6 +50,7 @@ def local_value(leaf):
 
 def config_for(method: str, init_from: str, data: int, model: int, fsdp_min_size: int):
     config = tiny_config(method__name=method, init_from=init_from, train__num_steps=STEPS)
+    config.optim.learning_rate = 0.01  # the group protocol's rate: every method stays stable
     config.mesh.data, config.mesh.model, config.mesh.fsdp_min_size = data, model, fsdp_min_size
     return config
 
@@ -122,7 +124,9 @@ def parity(spec: dict) -> None:
         for data, model, fsdp_min_size in layouts:
             tag = f"{method}_{data}x{model}"
             config = config_for(method, spec["init_from"], data, model, fsdp_min_size)
+            started = time.time()
             reports[tag], run, state = train(config, out, tag)
+            print(f"{tag}: {time.time() - started:.1f} s", flush=True)
             if with_hutchinson and tag in spec.get("hutchinson", ()):
                 reports[tag]["hutchinson"] = hutchinson_probes(run, state)
             if tag == spec.get("checkpoint"):
