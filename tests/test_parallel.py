@@ -72,7 +72,7 @@ def finish(processes: list[subprocess.Popen], timeout: float) -> None:
     assert not failures, "\n".join(failures)
 
 
-def run_worker(command: str, spec: dict, devices: int, timeout: float = 300) -> None:
+def run_worker(command: str, spec: dict, devices: int, timeout: float = 900) -> None:
     finish([start(command, spec, devices, os.path.join(spec["out"], f"{command}.log"))], timeout)
 
 
@@ -195,7 +195,7 @@ def test_two_processes_train_to_identical_parameters(parity_run, fp_digits_run, 
             "process_id": process_id,
         }
         processes.append(start("multiprocess", spec, 4, str(tmp_path / f"process{process_id}.log")))
-    finish(processes, timeout=240)
+    finish(processes, timeout=600)
     reports = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
     states = [load(str(tmp_path), f"process{i}") for i in range(2)]
     for key in states[0]:
