@@ -239,17 +239,21 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def place_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def place_global_batch(
+    batch: Mapping[str, np.ndarray], mesh: Mesh, batch_axis: int = 0
+) -> dict[str, jax.Array]:
     """A batch that every process holds in full, as global arrays.
 
-    Split over the mesh when its size divides the devices, otherwise replicated (e.g. 100
-    calibration images on 8 devices); reductions over it are global either way.
+    Split over the mesh along ``batch_axis`` (1 for stacked batches ``[K, B, ...]``) when
+    that size divides the devices, otherwise replicated (e.g. 100 calibration images on 8
+    devices); reductions over it are global either way.
     """
+    sharding = NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, BATCH_AXES))
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        if value.shape[0] % batch_shards(mesh) == 0:
-            out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh), value, value.shape)
+        if value.shape[batch_axis] % batch_shards(mesh) == 0:
+            out[key] = jax.make_array_from_process_local_data(sharding, value, value.shape)
         else:
             out[key] = _place_leaf(value, replicated(mesh))
     return out

@@ -14,10 +14,8 @@
 #   CPU_DEVICES=8 launch/local.sh configs/lsq_digits.py runs/lsq8 --config.init_from=runs/fp
 #   PROCESSES=2 CPU_DEVICES=2 launch/local.sh configs/lsq_digits.py runs/lsq2x2 --config.init_from=runs/fp
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-  sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2
-  exit 2
-fi
+usage() { sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || usage
 config=$1 workdir=$2
 shift 2
 if [[ -n "${CPU_DEVICES:-}" ]]; then

@@ -19,10 +19,8 @@
 #SBATCH --ntasks-per-node=8
 #SBATCH --output=%x-%j.out
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-  sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2
-  exit 2
-fi
+usage() { sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || usage
 config=$1 workdir=$2
 shift 2
 gpus_per_node=${GPUS_PER_NODE:-8}

@@ -104,11 +104,8 @@ def hutchinson_probes(run, state) -> list[float] | str:
         from jaxquant.curvature.hvp import model_objective
 
         batch = run.test_split.batch(np.arange(run.config.data.batch_size))
-        sharding = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES))
-        batches = {
-            k: jax.make_array_from_process_local_data(sharding, v[None], v[None].shape)
-            for k, v in batch.items()
-        }
+        stacked = {k: v[None] for k, v in batch.items()}  # [K=1, B, ...]
+        batches = parallel.place_global_batch(stacked, run.mesh, batch_axis=1)
         objective = model_objective(run.ctx.model, state.variables, batches)
         estimate = hutchinson_trace(*objective, jax.random.PRNGKey(1), num_probes=4, chunk_size=4, log=None)
         return [float(v) for v in estimate.probe_values]
@@ -175,7 +172,7 @@ def multiprocess(spec: dict) -> None:
     config.distributed.coordinator_address = spec["coordinator"]
     config.distributed.num_processes = spec["num_processes"]
     config.distributed.process_id = spec["process_id"]
-    config.distributed.initialization_timeout = 60
+    config.distributed.initialization_timeout = 120
     assert parallel.initialize_distributed(config)
     tag = f"process{jax.process_index()}"
     report, run, state = train(config, spec["out"], tag)
