@@ -10,7 +10,7 @@ Each command writes ``.npz`` files of flattened pytrees (``keystr`` → array) a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -89,11 +89,15 @@ def train(config, out: str, tag: str) -> dict:
 
 
 def module_exists(name: str) -> bool:
-    """Whether ``name`` (a dotted module path) can be imported; a missing parent counts as no."""
+    """Whether module ``name`` exists: ``False`` if it or a parent package is missing; any
+    other import error (a dependency it needs is missing, a bug) is raised."""
     try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+        importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and name.startswith(error.name):
+            return False
+        raise
+    return True
 
 
 def hutchinson_probes(run, state) -> list[float] | str:
@@ -116,7 +120,6 @@ def hutchinson_probes(run, state) -> list[float] | str:
 def parity(spec: dict) -> None:
     """Each method on each mesh layout; the LSQ state on the FSDP mesh is also checkpointed."""
     out, reports = spec["out"], {}
-    with_hutchinson = module_exists("jaxquant.curvature.hutchinson")
     for method, layouts in spec["runs"].items():
         for data, model, fsdp_min_size in layouts:
             tag = f"{method}_{data}x{model}"
@@ -124,7 +127,7 @@ def parity(spec: dict) -> None:
             started = time.time()
             reports[tag], run, state = train(config, out, tag)
             print(f"{tag}: {time.time() - started:.1f} s", flush=True)
-            if with_hutchinson and tag in spec.get("hutchinson", ()):
+            if tag in spec.get("hutchinson", ()):
                 reports[tag]["hutchinson"] = hutchinson_probes(run, state)
             if tag == spec.get("checkpoint"):
                 checkpointer = Checkpointer(os.path.join(out, "checkpoint"))
