@@ -199,7 +199,9 @@ def state_sharding(tree: Any, mesh: Mesh, fsdp_min_size: int = FSDP_MIN_SIZE) ->
 
 
 def _place_leaf(value: Any, sharding: NamedSharding) -> jax.Array:
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    """``value`` as a global array with ``sharding``: resharded on the devices if it is a
+    jax array that the sharding can reach from here, else built from a host copy."""
+    if isinstance(value, jax.Array) and (not value.is_fully_addressable or jax.process_count() == 1):
         return jax.device_put(value, sharding)
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
