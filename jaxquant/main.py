@@ -57,8 +57,10 @@ def main(argv) -> None:
     del argv
     quiet_library_logs()
     from jaxquant.modes import run_mode
+    from jaxquant.parallel import initialize_distributed
 
     try:
+        initialize_distributed(_CONFIG.value)
         run_mode(_CONFIG.value, _WORKDIR.value)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -45,6 +45,14 @@ class Run:
     test_split: Split
     mesh: Any
 
+    def state_sharding(self, tree):
+        """The sharding of each leaf of ``tree`` on this run's mesh (FSDP rule of ``config.mesh``)."""
+        return parallel.state_sharding(tree, self.mesh, self.config.mesh.fsdp_min_size)
+
+    def place_state(self, tree):
+        """``tree`` as global arrays on this run's mesh, with :meth:`state_sharding`."""
+        return parallel.place_state(tree, self.mesh, self.config.mesh.fsdp_min_size)
+
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """Validate the config and build data, models and method; fail fast on bad input."""
@@ -128,7 +136,8 @@ def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 def create_train_state(run: Run, total_steps: int):
-    """A new state: init, optionally load ``init_from``, calibrate quantizers, build extra."""
+    """A new state on the run's mesh: init, optionally load ``init_from``, calibrate
+    quantizers (on the global calibration batch, split over the mesh), build extra."""
     config = run.config
     rng = jax.random.PRNGKey(config.seed)
     init_rng, teacher_rng, state_rng = jax.random.split(rng, 3)
@@ -143,11 +152,12 @@ def create_train_state(run: Run, total_steps: int):
             teacher_variables = load_pretrained(config.init_from, teacher_variables)
     if run.method.policy(config).quantizes:
         images = calibration_images(run.train_split, config.quant.calibration_images, config.seed)
-        variables = calibrate(run.ctx.model, variables, images)
+        images = parallel.place_global_batch({"image": images}, run.mesh)["image"]
+        variables = calibrate(run.ctx.model, run.place_state(variables), images)
     params, model_state = split_variables(variables)
     tx, _ = create_optimizer(config.optim, total_steps)
     extra = run.method.init_extra(run.ctx, variables, teacher_variables)
-    return TrainState(
+    state = TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
         model_state=model_state,
@@ -155,9 +165,10 @@ def create_train_state(run: Run, total_steps: int):
         extra=extra,
         rng=state_rng,
     )
+    return run.place_state(state)
 
 
-def make_train_step(run: Run, total_steps: int):
+def make_train_step(run: Run, total_steps: int, state_sharding=None):
     """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic."""
     method, ctx = run.method, run.ctx
     tx, schedule = create_optimizer(run.config.optim, total_steps)
@@ -183,7 +194,17 @@ def make_train_step(run: Run, total_steps: int):
         }
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    # With ``state_sharding`` (``run.state_sharding(state)``) the state enters and leaves with
+    # exactly that sharding and the batch is split over the mesh, so the step compiles once;
+    # without it, jit infers the shardings from the arguments.
+    if state_sharding is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, parallel.batch_sharding(run.mesh)),
+        out_shardings=(state_sharding, parallel.replicated(run.mesh)),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(model):
@@ -200,10 +221,11 @@ def make_eval_step(model):
 
 
 def evaluate(eval_step, params, model_state, split: Split, batch_size: int, mesh) -> dict:
-    """Accuracy and mean cross-entropy over the whole ``split``."""
+    """Accuracy and mean cross-entropy over the whole ``split`` (each process reads every
+    eval batch; the mesh splits it)."""
     totals = np.zeros(3)
     for batch in eval_batches(split, batch_size):
-        totals += np.asarray(eval_step(params, model_state, parallel.shard_batch(batch, mesh)))
+        totals += np.asarray(eval_step(params, model_state, parallel.place_global_batch(batch, mesh)))
     correct, loss_sum, count = totals
     return {"accuracy": correct / count, "loss": loss_sum / count, "examples": int(count)}
 
@@ -243,6 +265,8 @@ def all_finite(tree) -> bool:
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
+    if not parallel.is_lead_process():
+        return
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -260,13 +284,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
     state = create_train_state(run, total_steps)
-    state = parallel.replicate(state, run.mesh)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
     start_step = int(state.step)
 
-    train_step = make_train_step(run, total_steps)
+    train_step = make_train_step(run, total_steps, run.state_sharding(state))
     eval_step = make_eval_step(run.ctx.model)
     log_every = max(1, config.train.log_every)
     last_time, last_step = time.time(), start_step
@@ -324,8 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "test_loss": float(result["loss"]),
         "seed": config.seed,
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if parallel.is_lead_process():
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 
