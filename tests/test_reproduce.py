@@ -19,10 +19,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import tiny_config
 from scipy import stats as scipy_stats
 
 from jaxquant.study import adapters, runs, stats
 from jaxquant.train.checkpoint import load_raw
+from jaxquant.train.loop import build_run
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
@@ -306,11 +308,10 @@ def test_report_verdicts_and_tables_follow_from_the_records(tmp_path):
 
 @pytest.fixture
 def curvature_calls(monkeypatch):
-    """None when this checkout has ``jaxquant.curvature`` (the real estimator runs). Otherwise
-    a stand-in is installed whose "trace" is ``Σθ²`` of the parameters it is given, so the
-    recorded value shows which checkpoint was measured; the list of its calls is returned."""
-    if adapters.curvature_tools() is not None:
-        return None
+    """A stand-in for ``jaxquant.curvature`` (the real one is exercised in
+    :func:`test_hessian_trace_adapter_with_the_real_estimator`): its "trace" is ``Σθ²`` of the
+    parameters it is given, so the recorded value shows which checkpoint was measured, at no
+    compile cost. Returns the list of its calls."""
     calls = []
 
     def model_objective(model, variables, batches):
@@ -321,12 +322,28 @@ def curvature_calls(monkeypatch):
         return types.SimpleNamespace(trace=squared_norm(params), stderr=0.0, num_probes=num_probes)
 
     stand_in = types.SimpleNamespace(model_objective=model_objective, hutchinson_trace=hutchinson_trace)
-    monkeypatch.setitem(sys.modules, "jaxquant.curvature", stand_in)
+    monkeypatch.setattr(adapters, "curvature_tools", lambda: stand_in)
     return calls
 
 
 def squared_norm(tree) -> float:
     return sum(float(np.sum(np.square(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+def test_hessian_trace_adapter_with_the_real_estimator(fp_digits_run):
+    if adapters.curvature_tools() is None:
+        pytest.skip("jaxquant.curvature is not in this checkout")
+    config = tiny_config(method__name="fp")
+    run = build_run(config)
+    _, saved = load_raw(fp_digits_run)
+    variables = {"params": saved["params"], **saved["model_state"]}
+    batch = runs.probe_batch(run.train_split, 32, seed=0)
+    batches = {key: value[None] for key, value in batch.items()}
+    result = adapters.hessian_trace(run.ctx.model, variables, batches, num_probes=4, seed=0)
+    again = adapters.hessian_trace(run.ctx.model, variables, batches, num_probes=4, seed=0)
+    assert result["status"] == "ok" and result["num_probes"] == 4
+    assert np.isfinite(result["value"]) and result["stderr"] >= 0
+    assert again["value"] == result["value"]
 
 
 def study_args(tmp_path, *extra):
@@ -400,11 +417,10 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
     for record in (by_id["seed0/fp"], lsq):
         assert record["trace"]["status"] == "ok" and np.isfinite(record["trace"]["value"])
         assert len(record["config_hash"]) == 10 and record["wall_time_s"] > 0
-    if curvature_calls is not None:
-        _, saved = load_raw(str(tmp_path / "runs" / lsq["workdir"]))
-        assert lsq["trace"]["value"] == pytest.approx(squared_norm(saved["params"]))
-        assert "step" in json.dumps(jax.tree_util.tree_map(lambda _: 0, saved["params"]))
-        assert curvature_calls[-1]["batches"]["image"].shape == (1, 128, 8, 8, 1)
+    _, saved = load_raw(str(tmp_path / "runs" / lsq["workdir"]))
+    assert lsq["trace"]["value"] == pytest.approx(squared_norm(saved["params"]))
+    assert "step" in json.dumps(jax.tree_util.tree_map(lambda _: 0, saved["params"]))
+    assert curvature_calls[-1]["batches"]["image"].shape == (1, 128, 8, 8, 1)
 
     # 4. A finished study: every run is read back, no file of any run changes.
     all_files = file_state(tmp_path / "runs")
