@@ -5,8 +5,8 @@
 pass ``--config.init_from=<FP run>`` and ``--config.data.data_dir``.
 """
 
-from configs import protocol
+from configs import common
 
 
 def get_config(arg: str = ""):
-    return protocol.cifar("cr", arg)
+    return common.cifar("cr", arg)

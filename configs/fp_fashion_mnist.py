@@ -1,11 +1,7 @@
-"""FP training of the small CNN (32/64) on Fashion-MNIST: the starting point and teacher of the
-``*_fashion_mnist`` QAT configs."""
+"""Full-precision training (the FP checkpoint QAT starts from) of the small CNN on Fashion-MNIST."""
 
-from configs import protocol
+from configs import common
 
 
 def get_config():
-    config = protocol.fashion_mnist("fp")
-    config.optim.learning_rate = 0.05
-    config.train.num_epochs = 10
-    return config
+    return common.fashion_mnist("fp")

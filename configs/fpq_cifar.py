@@ -5,12 +5,8 @@
 pass ``--config.init_from=<FP run>`` and ``--config.data.data_dir``.
 """
 
-from configs import protocol
+from configs import common
 
 
 def get_config(arg: str = ""):
-    config = protocol.cifar("fpq", arg)
-    # The brief's CSD reading (sum over B·H·W, divided by B) diverges at lr 0.01 (gradient
-    # norm ~660 in the first step on digits); the per-element mean trains. See README.
-    config.method.csd_reduction = "elements"
-    return config
+    return common.cifar("fpq", arg)

@@ -1,12 +1,8 @@
 """FPQ (SFP + CSD from the frozen FP teacher), W4A4, small CNN on digits;
 pass ``--config.init_from=<fp_digits workdir>``."""
 
-from configs import protocol
+from configs import common
 
 
 def get_config():
-    config = protocol.digits("fpq")
-    # The brief's CSD reading (sum over B·H·W, divided by B) diverges at lr 0.01 (gradient
-    # norm ~660 in the first step on digits); the per-element mean trains. See README.
-    config.method.csd_reduction = "elements"
-    return config
+    return common.digits("fpq")

@@ -1,14 +1,8 @@
-"""LSQ W4A4 QAT of the small CNN on digits; pass ``--config.init_from=<fp_digits workdir>``."""
+"""LSQ W4A4 QAT of the small CNN on scikit-learn digits;
+pass ``--config.init_from=<fp_digits workdir>``."""
 
-from jaxquant.defaults import get_config as base_config
+from configs import common
 
 
 def get_config():
-    config = base_config()
-    config.name = "lsq_digits"
-    config.method.name = "lsq"
-    config.quant.w_bits = 4
-    config.quant.a_bits = 4
-    config.optim.learning_rate = 0.01
-    config.train.num_epochs = 10
-    return config
+    return common.digits("lsq")

@@ -5,11 +5,11 @@
 pass ``--config.init_from=<FP run>`` and ``--config.data.data_dir``.
 """
 
-from configs import protocol
+from configs import common
 
 
 def get_config(arg: str = ""):
-    config = protocol.cifar("mec", arg)
+    config = common.cifar("mec", arg)
     # The Taylor log-det needs ‖C_k‖₂ < 1, and ‖C_k‖₂ ≈ (d_k/ε²)·(mean cosine of the features):
     # non-negative (post-ReLU) penultimate features have a mean cosine ≈ 0.8 (measured on
     # digits), so d_k = 128 (ResNet-18, K = 4) gives ≈ 1.6 and the series diverges. slogdet on

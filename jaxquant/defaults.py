@@ -40,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
+    # Baselines (methods brief §1).
+    config.method.rho = 0.05  # sam: radius of the weight perturbation ρ·g/‖g‖
+    config.method.alpha_decay = 2e-4  # pact: L2 penalty (alpha_decay/2)·Σα² on the clip levels
+    config.method.pact_weight_kind = "dorefa"  # pact: weight quantizer, dorefa (paper) | lsq
+    config.method.first_last_kind = "lsq"  # pact, dorefa: quantizer kind of first/last layer
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"  # sgd | adam | adamw
@@ -60,6 +65,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
 
     config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1  # -1: all devices
+    config.mesh.data = -1  # -1: all devices that mesh.model leaves
+    config.mesh.model = 1  # FSDP axis: large state leaves (and the batch) split over it
+    config.mesh.fsdp_min_size = 2**18  # leaves with fewer elements stay replicated
+
+    # Multi-host start-up (jaxquant.parallel.initialize_distributed); unset fields come
+    # from the launcher's environment (TPU metadata, Slurm, Open MPI).
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.initialize = "auto"  # auto | always | never
+    config.distributed.coordinator_address = ""  # host:port of process 0
+    config.distributed.num_processes = 0  # 0: from the environment
+    config.distributed.process_id = -1  # -1: from the environment
+    config.distributed.initialization_timeout = 300  # seconds
 
     return config

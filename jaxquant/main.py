@@ -8,6 +8,7 @@ one-line error and exit status 2.
 from __future__ import annotations
 
 import logging as pylogging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -24,19 +25,42 @@ flags.mark_flags_as_required(["config", "workdir"])
 USER_ERRORS = (ValueError, DatasetNotFoundError, CheckpointError, NonFiniteLossError, KeyError)
 
 
+def is_orbax_record(record: pylogging.LogRecord) -> bool:
+    return f"{os.sep}orbax{os.sep}" in record.pathname
+
+
+def is_closed_event_loop(unraisable) -> bool:
+    return isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value
+    )
+
+
 def quiet_library_logs() -> None:
-    """Keep orbax/absl INFO chatter out of the progress output."""
+    """Keep library chatter out of the progress output and of one-line errors.
+
+    orbax INFO lines are dropped, and so are orbax's own ERROR lines about an unreadable
+    checkpoint (the failure reaches the user as one :class:`CheckpointError` line). A failed
+    read also leaves tensorstore callbacks that hit orbax's closed event loop; their
+    "Event loop is closed" reports are dropped, any other unraisable error still prints.
+    """
     logging.set_verbosity(logging.WARNING)
     for name in ("absl", "orbax", "jax"):
         pylogging.getLogger(name).setLevel(pylogging.WARNING)
+    pylogging.getLogger("absl").addFilter(lambda record: not is_orbax_record(record))
+    default_hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: (
+        None if is_closed_event_loop(unraisable) else default_hook(unraisable)
+    )
 
 
 def main(argv) -> None:
     del argv
     quiet_library_logs()
     from jaxquant.modes import run_mode
+    from jaxquant.parallel import initialize_distributed
 
     try:
+        initialize_distributed(_CONFIG.value)
         run_mode(_CONFIG.value, _WORKDIR.value)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

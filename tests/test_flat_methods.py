@@ -19,7 +19,7 @@ STEPS = 12
 # name → method fields: the four methods at their defaults, then variants of CR and MEC.
 VARIANTS = {
     "kd": {"name": "kd"},
-    "fpq": {"name": "fpq", "csd_reduction": "elements"},
+    "fpq": {"name": "fpq"},
     "cr": {"name": "cr"},
     "mec": {"name": "mec"},
     "cr_fp_features_unlabelled": {
@@ -64,14 +64,14 @@ def trained(fp_digits_run):
             run = build_run(method_config(VARIANTS[variant], fp_digits_run))
             batches = TrainBatches(run.train_split, run.config.data.batch_size, run.config.seed)
             batch = parallel.shard_batch(batches[0], run.mesh)
-            train_step = make_train_step(run, STEPS)
+            state = create_train_state(run, STEPS)
+            train_step = make_train_step(run, STEPS, run.state_sharding(state))
 
             def loss_at(host_state):
                 """The train step's loss at step 0 (same rng, ramp and warm-up) from a host copy."""
-                state = parallel.replicate(host_state.replace(step=np.int32(0)), run.mesh)
+                state = run.place_state(host_state.replace(step=np.int32(0)))
                 return float(train_step(state, batch)[1]["loss"])
 
-            state = parallel.replicate(create_train_state(run, STEPS), run.mesh)
             initial = host_copy(state)
             for step in range(STEPS):
                 state, _ = train_step(state, batch)
@@ -163,17 +163,10 @@ def test_unknown_enum_value_is_a_one_line_error(method, field, allowed):
     assert "\n" not in message and f"method.{field}='bogus'" in message and allowed in message
 
 
-def test_unknown_method_field_is_an_error():
-    config = tiny_config(method__name="mec", init_from="unused")
-    config.method.experts_count = 3
-    with pytest.raises(ValueError, match=r"method.experts_count is not a field of method 'mec'"):
-        build_run(config)
-
-
 @pytest.mark.parametrize("method", ["fpq", "cr", "mec", "kd"])
 def test_experiment_configs_build(method, fp_digits_run):
     digits = importlib.import_module(f"configs.{method}_digits").get_config()
-    assert dict(digits.method) == {**get_method(method).default_config(), **dict(digits.method)}
+    assert set(get_method(method).defaults) <= set(digits.method)  # every field is overridable
     digits.init_from = fp_digits_run
     build_run(digits)
     fashion = importlib.import_module(f"configs.{method}_fashion_mnist").get_config()
@@ -194,5 +187,3 @@ def test_experiment_configs_build(method, fp_digits_run):
             256,
             200,
         )
-    with pytest.raises(ValueError, match="config argument 'imagenet,resnet18'"):
-        cifar.get_config("imagenet,resnet18")

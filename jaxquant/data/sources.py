@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import gzip
 import os
 import struct
@@ -124,10 +125,11 @@ def load_tfds_split(name: str, split: str, data_dir: str) -> Split:
         raise DatasetNotFoundError(
             f"data.source='tfds' needs an explicit --config.data.data_dir for {name!r}"
         )
-    dataset_dir = os.path.join(data_dir, name)
-    if not os.path.isdir(dataset_dir):
+    dataset_dir = os.path.join(data_dir, name.split(":")[0])  # "<name>[/<config>][:<version>]"
+    if not glob.glob(os.path.join(dataset_dir, "**", "*.array_record*"), recursive=True):
         raise DatasetNotFoundError(
-            f"TFDS dataset {name!r} is not prepared under {data_dir!r}. On a machine with "
+            f"TFDS dataset {name!r} is not prepared (as array_record) under {data_dir!r}. "
+            "On a machine with "
             f"network run `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
             '(or python -c "import tensorflow_datasets as tfds; '
             f"tfds.builder('{name}', data_dir='{data_dir}', file_format='array_record')"
@@ -141,7 +143,8 @@ def load_tfds_split(name: str, split: str, data_dir: str) -> Split:
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         raise DatasetNotFoundError(
             f"TFDS dataset {name!r} split {split!r} under {data_dir!r} could not be read "
-            f"({type(error).__name__}: {error}); it must be prepared as array_record."
+            f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); it must be prepared as "
+            "array_record."
         ) from error
     num_classes = builder_info.features["label"].num_classes
     image_shape = tuple(builder_info.features["image"].shape)

@@ -16,8 +16,9 @@ A method is a composition of pure loss terms. The generic train step only calls:
 * ``method.update_extra(ctx, state)`` — after the optimiser step (EMA updates).
 
 A method's own fields live in ``config.method`` next to ``name``; ``Method.defaults`` lists
-them with their defaults, ``method.options(config)`` reads them (defaults filled in, unknown
-fields rejected) and ``method.default_config()`` is the block an experiment config starts from.
+them with their defaults, ``method.options(config)`` reads them (defaults filled in where the
+config lacks a field) and ``method.default_config()`` is the block an experiment config
+starts from.
 
 Adding a method means adding one file in this package that calls :func:`register_method`.
 """
@@ -32,6 +33,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from jaxquant.defaults import get_config
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, Any]]]
@@ -72,18 +74,16 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
 
     def default_config(self) -> ml_collections.ConfigDict:
-        """``config.method`` of this method: its name and every field at its default."""
-        return ml_collections.ConfigDict({"name": self.name, **self.defaults})
+        """``config.method`` for this method: the shared block of :mod:`jaxquant.defaults`
+        with ``name`` set and this method's own ``defaults`` added."""
+        block = get_config().method
+        block.name = self.name
+        block.update(self.defaults)
+        return block
 
     def options(self, config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-        """This method's fields: ``defaults`` overridden by ``config.method``."""
-        given = {k: v for k, v in config.method.items() if k != "name"}
-        unknown = sorted(set(given) - set(self.defaults))
-        if unknown:
-            raise ValueError(
-                f"method.{unknown[0]} is not a field of method {self.name!r}: "
-                f"allowed fields {sorted(self.defaults)}"
-            )
+        """This method's own fields: ``defaults`` overridden by what ``config.method`` sets."""
+        given = {k: config.method[k] for k in self.defaults if k in config.method}
         return ml_collections.FrozenConfigDict({**self.defaults, **given})
 
     def uses_teacher(self, config: ml_collections.ConfigDict) -> bool:

@@ -28,7 +28,9 @@ class FPQ(TeacherMethod):
         "position": "after_quant",  # after_quant | before_quant
         "csd_weight": 1.0,
         "csd_eps": 1e-5,
-        "csd_reduction": "batch",  # batch | elements: divide by B or by B·H·W
+        # elements | batch: divide by B·H·W, or by B as the brief reads it (diverges at the
+        # group's lr 0.01, see README)
+        "csd_reduction": "elements",
     }
 
     def perturbation(self, config):

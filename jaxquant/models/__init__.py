@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from jaxquant.models.resnet import resnet18, resnet20
+from jaxquant.models.mobilenet import MobileNetV1, MobileNetV2
+from jaxquant.models.resnet import resnet18, resnet20, resnet50
 from jaxquant.models.small_cnn import SmallCNN
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
@@ -14,6 +15,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "resnet20": resnet20,
     "resnet18": resnet18,
+    "resnet50": resnet50,
+    "mobilenet_v1": MobileNetV1,
+    "mobilenet_v2": MobileNetV2,
 }
 
 

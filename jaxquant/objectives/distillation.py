@@ -46,7 +46,7 @@ def csd_loss(
     student_maps: Sequence[jax.Array],
     teacher_maps: Sequence[jax.Array],
     eps: float = 1e-5,
-    reduction: str = "batch",
+    reduction: str = "elements",
 ):
     """FPQ's channel-wise standardization distillation (methods brief §2):
 
@@ -54,9 +54,9 @@ def csd_loss(
 
     over the conv outputs ``z^l`` (NHWC) of student and teacher, layer by layer, with
     :func:`channel_standardize`; ``‖.‖²`` sums over (batch, H, W) and the teacher side is
-    under ``sg``. ``reduction='batch'``: ``D_l = B`` the batch size (the brief's reading);
-    ``'elements'``: ``D_l = B·H_l·W_l``, a per-element mean that does not grow with the
-    feature-map size.
+    under ``sg``. ``reduction='elements'``: ``D_l = B·H_l·W_l``, a per-element mean that does
+    not grow with the feature-map size; ``'batch'``: ``D_l = B``, the batch size (the
+    methods brief's reading, whose gradients are ``H·W`` times larger).
     """
     check_choice(reduction, CSD_REDUCTIONS, "method.csd_reduction")
     if len(student_maps) != len(teacher_maps):

@@ -1,5 +1,6 @@
 """Quantizers (pure), observers, policy and quantized layers."""
 
+from jaxquant.quant import kinds  # noqa: F401 - registers lsq_plus, pact, dorefa
 from jaxquant.quant.calibration import calibrate
 from jaxquant.quant.layers import QUANTIZER_KINDS, QConv, QDense, Quantizer, register_quantizer_kind
 from jaxquant.quant.policy import FULL_PRECISION, LayerQuant, QuantizerSpec, QuantPolicy

@@ -68,6 +68,7 @@ class QuantPolicy:
     """Maps a layer role (``first``, ``middle``, ``last``) to its :class:`LayerQuant`.
 
     ``w_bits``/``a_bits`` of ``None`` mean full precision for that tensor everywhere.
+    ``first_last_kind`` (if set) replaces both kinds in the first and last layer.
     """
 
     w_bits: int | None = None
@@ -75,6 +76,7 @@ class QuantPolicy:
     first_last_bits: int | None = 8
     weight_kind: str = "lsq"
     act_kind: str = "lsq"
+    first_last_kind: str | None = None
     weight_granularity: str = "channel"
     act_granularity: str = "tensor"
     scheme: str = "asymmetric"
@@ -114,6 +116,9 @@ class QuantPolicy:
         symmetric = self.scheme == "symmetric"
         w_bits = self._bits(self.w_bits, role)
         a_bits = self._bits(self.a_bits, role)
+        weight_kind, act_kind = self.weight_kind, self.act_kind
+        if role in ("first", "last") and self.first_last_kind is not None:
+            weight_kind = act_kind = self.first_last_kind
         common = dict(
             symmetric=symmetric,
             init=self.init,
@@ -127,7 +132,7 @@ class QuantPolicy:
                 bits=w_bits,
                 signed=symmetric,
                 channel_axis=weight_channel_axis if self.weight_granularity == "channel" else None,
-                kind=self.weight_kind,
+                kind=weight_kind,
                 **common,
             )
         act = None
@@ -136,7 +141,7 @@ class QuantPolicy:
                 bits=a_bits,
                 signed=symmetric and (self.act_signed or role == "first"),
                 channel_axis=None if self.act_granularity == "tensor" else -1,
-                kind=self.act_kind,
+                kind=act_kind,
                 **common,
             )
         return LayerQuant(weight=weight, input=act, perturbation=self.perturbation)

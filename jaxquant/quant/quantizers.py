@@ -59,6 +59,15 @@ def round_ste(x: jax.Array) -> jax.Array:
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
+def clip_closed(x: jax.Array, lo: jax.Array | float, hi: jax.Array | float) -> jax.Array:
+    """``clip(x, lo, hi)`` whose gradient is 1 on the closed interval ``[lo, hi]``, 0 outside.
+
+    ``jnp.clip`` gives ``1/2`` at ``x = lo`` or ``x = hi``, which would halve the gradient of
+    every value that sits exactly on a grid end (ReLU zeros, values rounding to ``q_max``).
+    """
+    return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+
+
 def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
     """Identity forward, gradient multiplied by ``scale``: ``x·g + sg(x − x·g)`` (LSQ)."""
     scaled = x * scale
@@ -68,18 +77,25 @@ def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
 def fake_quantize(x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: int, q_max: int) -> jax.Array:
     """Uniform fake quantization with a learnable step (LSQ estimator).
 
-    ``x_int = clip(⌊x/s⌉ + z, q_min, q_max)``, ``x̂ = (x_int − z)·s``, the round passed
-    straight through. Autodiff of this expression gives exactly the LSQ gradients:
+    ``x_int = ⌊clip(x/s + z, q_min, q_max)⌉``, ``x̂ = (x_int − z)·s``, the round passed
+    straight through. For an integer ``z`` the forward value equals
+    ``clip(⌊x/s⌉ + z, q_min, q_max)`` (methods brief §0); clipping before rounding (as in
+    LSQ, §1) makes the range test act on ``x/s + z`` itself, so autodiff gives exactly the
+    LSQ gradients, with "inside" meaning ``q_min ≤ x/s + z ≤ q_max``:
 
     * ``∂x̂/∂x = 1`` inside the range, ``0`` outside (clipped);
     * ``∂x̂/∂s = ⌊x/s⌉ − x/s`` inside, ``q_min − z`` below, ``q_max − z`` above
       (``−Q_N`` and ``Q_P`` for ``z = 0``).
 
+    Computed as ``⌊clip(x/s, q_min − z, q_max − z)⌉ + z`` (the same values, the bounds being
+    integers), with the clip's gradient 1 on the closed range: a value that rounds onto a
+    grid end counts as inside, as in LSQ's ``⌊clip(x/s, −Q_N, Q_P)⌉``.
+
     ``step`` and ``zero_point`` broadcast against ``x`` (scalars for per-tensor, shaped
     with singleton axes for per-channel). ``zero_point`` is treated as a constant.
     """
     zero_point = jax.lax.stop_gradient(zero_point)
-    x_int = jnp.clip(round_ste(x / step) + zero_point, q_min, q_max)
+    x_int = round_ste(clip_closed(x / step, q_min - zero_point, q_max - zero_point)) + zero_point
     return (x_int - zero_point) * step
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -43,7 +45,11 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, template: Any, step: int | None = None) -> Any:
-        """Restore onto ``template`` (same structure, shardings and dtypes)."""
+        """Restore onto ``template`` (same structure and dtypes).
+
+        Each leaf comes back with the sharding of its template leaf, so a run restarted on
+        another mesh (more or fewer devices, another ``mesh.model``) restores onto that mesh.
+        """
         step = self.latest_step() if step is None else step
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(template))
@@ -58,21 +64,35 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_raw(path: str) -> tuple[int, dict[str, Any]]:
-    """``(step, state_dict)`` of the latest checkpoint under ``path``, as saved (no template).
-
-    Used for ``config.init_from`` and analysis, where the saving run's optimiser state is
-    of no interest. Raises :class:`CheckpointError` if there is none or it is unreadable.
-    """
+def find_checkpoint(path: str) -> tuple[str, int]:
+    """``(orbax folder, latest step)`` of the run at ``path``; :class:`CheckpointError` if
+    there is no checkpoint. Cheap: nothing is read but the folder listing."""
     directory = checkpoint_dir(path)
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
+    try:
+        step = manager.latest_step()
+    finally:
+        manager.close()
     if step is None:
         raise CheckpointError(f"no checkpoint found in {directory!r}")
+    return directory, step
+
+
+def load_raw(path: str) -> tuple[int, dict[str, Any]]:
+    """``(step, state_dict)`` of the latest checkpoint under ``path``, as saved (no template).
+
+    Used for ``config.init_from`` and analysis, where the saving run's optimiser state is
+    of no interest. Leaves come back as host ``numpy`` arrays, whatever mesh saved them, so
+    every process of a run on any device count can read it. Raises :class:`CheckpointError`
+    if there is none or it is unreadable.
+    """
+    directory, step = find_checkpoint(path)
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     try:
-        return step, manager.restore(step, args=ocp.args.StandardRestore())
+        host = jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), manager.item_metadata(step))
+        return step, manager.restore(step, args=ocp.args.StandardRestore(host))
     except Exception as error:  # noqa: BLE001 - re-raised with the path
         raise CheckpointError(
             f"checkpoint {directory}/{step} is corrupt or unreadable "

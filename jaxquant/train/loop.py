@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ from jaxquant.models import create_model
 from jaxquant.objectives.classification import cross_entropy
 from jaxquant.quant.calibration import calibrate
 from jaxquant.quant.policy import FULL_PRECISION
-from jaxquant.train.checkpoint import Checkpointer, CheckpointError, load_raw
+from jaxquant.train.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_raw
 from jaxquant.train.metrics import MetricsWriter, format_progress
 from jaxquant.train.optim import create_optimizer
 from jaxquant.train.state import TrainState
@@ -44,12 +45,23 @@ class Run:
     test_split: Split
     mesh: Any
 
+    def state_sharding(self, tree):
+        """The sharding of each leaf of ``tree`` on this run's mesh (FSDP rule of ``config.mesh``)."""
+        return parallel.state_sharding(tree, self.mesh, self.config.mesh.fsdp_min_size)
+
+    def place_state(self, tree):
+        """``tree`` as global arrays on this run's mesh, with :meth:`state_sharding`."""
+        return parallel.place_state(tree, self.mesh, self.config.mesh.fsdp_min_size)
+
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """Validate the config and build data, models and method; fail fast on bad input."""
     method = get_method(config.method.name)
     policy = method.policy(config)
     method.validate(config)
+    if config.init_from:
+        with init_from_errors(config.init_from):
+            find_checkpoint(config.init_from)
     train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
     model_kwargs = dict(config.model.get("kwargs", {}))
     model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
@@ -97,9 +109,19 @@ def copy_matching(target, source, what: str):
     return out
 
 
+@contextlib.contextmanager
+def init_from_errors(path: str):
+    """Re-raise a :class:`CheckpointError` with the config field it came from."""
+    try:
+        yield
+    except CheckpointError as error:
+        raise CheckpointError(f"init_from={path!r} cannot be loaded: {error}") from error
+
+
 def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
     """``variables`` with params and model state overwritten from the run at ``path``."""
-    _, saved = load_raw(path)
+    with init_from_errors(path):
+        _, saved = load_raw(path)
     out = dict(variables)
     out["params"] = copy_matching(variables["params"], saved["params"], "params")
     for collection, values in saved.get("model_state", {}).items():
@@ -114,7 +136,8 @@ def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 def create_train_state(run: Run, total_steps: int):
-    """A new state: init, optionally load ``init_from``, calibrate quantizers, build extra."""
+    """A new state on the run's mesh: init, optionally load ``init_from``, calibrate
+    quantizers (on the global calibration batch, split over the mesh), build extra."""
     config = run.config
     rng = jax.random.PRNGKey(config.seed)
     init_rng, teacher_rng, state_rng = jax.random.split(rng, 3)
@@ -129,12 +152,13 @@ def create_train_state(run: Run, total_steps: int):
             teacher_variables = load_pretrained(config.init_from, teacher_variables)
     if run.method.policy(config).quantizes:
         images = calibration_images(run.train_split, config.quant.calibration_images, config.seed)
-        variables = calibrate(run.ctx.model, variables, images)
+        images = parallel.place_global_batch({"image": images}, run.mesh)["image"]
+        variables = calibrate(run.ctx.model, run.place_state(variables), images)
     params, model_state = split_variables(variables)
     params = {**params, **run.method.extra_params(run.ctx)}
     tx, _ = create_optimizer(config.optim, total_steps)
     extra = run.method.init_extra(run.ctx, variables, teacher_variables)
-    return TrainState(
+    state = TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
         model_state=model_state,
@@ -142,9 +166,10 @@ def create_train_state(run: Run, total_steps: int):
         extra=extra,
         rng=state_rng,
     )
+    return run.place_state(state)
 
 
-def make_train_step(run: Run, total_steps: int):
+def make_train_step(run: Run, total_steps: int, state_sharding=None):
     """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic."""
     method, ctx = run.method, dataclasses.replace(run.ctx, total_steps=total_steps)
     tx, schedule = create_optimizer(run.config.optim, total_steps)
@@ -170,7 +195,17 @@ def make_train_step(run: Run, total_steps: int):
         }
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    # With ``state_sharding`` (``run.state_sharding(state)``) the state enters and leaves with
+    # exactly that sharding and the batch is split over the mesh, so the step compiles once;
+    # without it, jit infers the shardings from the arguments.
+    if state_sharding is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, parallel.batch_sharding(run.mesh)),
+        out_shardings=(state_sharding, parallel.replicated(run.mesh)),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(model):
@@ -187,10 +222,11 @@ def make_eval_step(model):
 
 
 def evaluate(eval_step, params, model_state, split: Split, batch_size: int, mesh) -> dict:
-    """Accuracy and mean cross-entropy over the whole ``split``."""
+    """Accuracy and mean cross-entropy over the whole ``split`` (each process reads every
+    eval batch; the mesh splits it)."""
     totals = np.zeros(3)
     for batch in eval_batches(split, batch_size):
-        totals += np.asarray(eval_step(params, model_state, parallel.shard_batch(batch, mesh)))
+        totals += np.asarray(eval_step(params, model_state, parallel.place_global_batch(batch, mesh)))
     correct, loss_sum, count = totals
     return {"accuracy": correct / count, "loss": loss_sum / count, "examples": int(count)}
 
@@ -201,17 +237,37 @@ def total_train_steps(config: ml_collections.ConfigDict, batches: TrainBatches) 
     return int(config.train.num_epochs * batches.steps_per_epoch)
 
 
-def check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
-    if not np.isfinite(value):
-        raise NonFiniteLossError(
-            f"loss is {value} at step {step}: training stopped. The last good checkpoint "
-            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept; "
-            "lower optim.learning_rate or check the data."
-        )
+def non_finite_error(what: str, step: int, checkpointer: Checkpointer) -> NonFiniteLossError:
+    latest = checkpointer.latest_step()
+    kept = (
+        f"The last good checkpoint (step {latest}) in {checkpointer.directory} is kept"
+        if latest is not None
+        else "No checkpoint had been written yet"
+    )
+    return NonFiniteLossError(
+        f"{what} at step {step}: training stopped. {kept}; lower optim.learning_rate or check the data."
+    )
+
+
+def check_finite(metrics: dict[str, Any], step: int, checkpointer: Checkpointer) -> None:
+    """Stop on a NaN/inf loss or gradient norm (a NaN can hide behind a finite loss, e.g.
+    when a ReLU maps it to 0, yet it poisons the parameters through the gradient)."""
+    for key in ("loss", "grad_norm"):
+        value = float(metrics[key])
+        if not np.isfinite(value):
+            raise non_finite_error(f"{key} is {value}", step, checkpointer)
+
+
+def all_finite(tree) -> bool:
+    """Whether every leaf of ``tree`` is free of NaN and inf."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
+    if not parallel.is_lead_process():
+        return
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -229,13 +285,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
     state = create_train_state(run, total_steps)
-    state = parallel.replicate(state, run.mesh)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
     start_step = int(state.step)
 
-    train_step = make_train_step(run, total_steps)
+    train_step = make_train_step(run, total_steps, run.state_sharding(state))
     eval_step = make_eval_step(run.ctx.model)
     log_every = max(1, config.train.log_every)
     last_time, last_step = time.time(), start_step
@@ -247,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         is_last = done == total_steps
         if done % log_every == 0 or is_last:
             values = jax.device_get(step_metrics)
-            check_finite(float(values["loss"]), done, checkpointer)
+            check_finite(values, done, checkpointer)
             now = time.time()
             rate = (done - last_step) / max(now - last_time, 1e-9)
             last_time, last_step = now, done
@@ -266,7 +321,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
-            check_finite(float(jax.device_get(step_metrics["loss"])), done, checkpointer)
+            check_finite(jax.device_get(step_metrics), done, checkpointer)
+            # this step's loss was computed before its update: check the new parameters too
+            if not all_finite(state.params):
+                raise non_finite_error("a parameter is NaN or inf", done, checkpointer)
             checkpointer.save(done, state)
 
     result = evaluate(
@@ -290,8 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "test_loss": float(result["loss"]),
         "seed": config.seed,
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if parallel.is_lead_process():
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 

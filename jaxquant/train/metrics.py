@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxquant.parallel import is_lead_process
+
 
 def to_python(value: Any) -> Any:
     if isinstance(value, dict):
@@ -22,13 +24,16 @@ def to_python(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per record to ``path``."""
+    """Appends one JSON object per record to ``path`` (process 0 only in a multi-host run)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.enabled = is_lead_process()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"kind": kind, "step": int(step), "time": time.time(), **to_python(values)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,0 +1,79 @@
+"""Shared experiment settings; each ``configs/<method>_<data>.py`` is a few lines on top.
+
+* :func:`digits`: the small CNN on scikit-learn digits (offline; tests and demos);
+* :func:`fashion_mnist`: the small CNN on Fashion-MNIST (CPU-scale studies);
+* :func:`cifar`: the group protocol (methods brief §0) on CIFAR-10/100 with a ResNet or a
+  MobileNet: W4A4 (override ``quant.w_bits``/``quant.a_bits`` for W2A4, W2A2), first and
+  last layer 8-bit, SGD momentum 0.9, lr 0.01, cosine, weight decay 5e-4, batch 256,
+  200 epochs, crop + flip, read from a prepared TFDS folder (``--config.data.data_dir``).
+
+QAT configs start from an FP run of the same data and model: ``--config.init_from=<dir>``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxquant.defaults import get_config as base_config
+from jaxquant.methods import get_method
+
+FP_LEARNING_RATE = 0.05  # FP pretraining of the small CNN (digits, Fashion-MNIST)
+FP_CIFAR_LEARNING_RATE = 0.1
+
+
+def experiment(method: str, name: str) -> ml_collections.ConfigDict:
+    """The base config with ``method``'s block (every field at its default, see
+    ``Method.default_config``) and the run named ``<method>_<name>``."""
+    config = base_config()
+    config.name = f"{method}_{name}"
+    config.method = get_method(method).default_config()
+    return config
+
+
+def digits(method: str) -> ml_collections.ConfigDict:
+    """``method`` (QAT at W4A4, lr 0.01, 10 epochs; FP: lr 0.05, 30 epochs) on digits."""
+    config = experiment(method, "digits")
+    config.optim.learning_rate = FP_LEARNING_RATE if method == "fp" else 0.01
+    config.train.num_epochs = 30 if method == "fp" else 10
+    return config
+
+
+def fashion_mnist(method: str) -> ml_collections.ConfigDict:
+    """``method`` on Fashion-MNIST with the small CNN (32/64 channels), batch 256 (235 steps
+    per epoch), pad-2 crops and flips; QAT 10 epochs at lr 0.01, FP 20 epochs at lr 0.05."""
+    config = experiment(method, "fashion_mnist")
+    config.data.name = "fashion_mnist"
+    config.data.batch_size = 256
+    config.data.eval_batch_size = 1000
+    config.data.crop_padding = 2
+    config.data.flip = True
+    config.optim.learning_rate = FP_LEARNING_RATE if method == "fp" else 0.01
+    config.train.num_epochs = 20 if method == "fp" else 10
+    config.train.log_every = 100
+    config.train.checkpoint_every = 1000
+    return config
+
+
+def cifar(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``method`` under the group protocol; ``arg = "<dataset>,<model>"`` (default
+    ``cifar10,resnet18``), e.g. ``--config configs/pact_cifar.py:cifar100,mobilenet_v2``.
+    The names are checked when the run is built (``model.name``, ``data.name``)."""
+    dataset, _, model = (arg or "cifar10,resnet18").partition(",")
+    model = model or "resnet18"
+    config = experiment(method, f"{dataset}_{model}")
+    config.model.name = model
+    config.data.source = "tfds"
+    config.data.name = dataset
+    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
+    config.data.batch_size = 256
+    config.data.eval_batch_size = 500
+    config.data.crop_padding = 4
+    config.data.flip = True
+    config.optim.learning_rate = FP_CIFAR_LEARNING_RATE if method == "fp" else 0.01
+    config.train.num_epochs = 200
+    config.train.log_every = 100
+    config.train.eval_every = 1960  # 10 epochs of CIFAR at batch 256
+    config.train.checkpoint_every = 1000
+    return config

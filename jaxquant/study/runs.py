@@ -1,0 +1,303 @@
+"""Resumable execution of a grid of runs, each in its own workdir named by its config hash.
+
+A run is a :class:`RunSpec`: a complete config plus the run it starts from (``parent``, whose
+workdir becomes ``init_from``). Its workdir is ``<study_dir>/<run_id>-<hash>``, where the hash
+covers the config (without ``name`` and ``init_from``) and the parent's hash, so a changed
+setting never reuses another setting's checkpoints. A finished run leaves
+``study_result.json`` there and is read back instead of trained again; an unfinished one
+resumes from its latest checkpoint through the train loop; the results file is rewritten
+after every run (runs not reached yet keep their record from the last call), so a killed
+study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxquant.study import adapters
+from jaxquant.study.adapters import OK, UNAVAILABLE
+
+FAILED = "failed"
+PENDING = "pending"
+RESULT_FILE = "study_result.json"
+HASH_EXCLUDED_FIELDS = ("name", "init_from")
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One grid point. ``kind``: ``train`` (FP or QAT, through ``run_mode``) or ``ptq``."""
+
+    run_id: str
+    kind: str
+    config: ml_collections.ConfigDict
+    labels: dict[str, Any]
+    parent: str | None = None
+    trace: bool = False
+    trajectory: bool = False
+    ptq_bits: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSettings:
+    """The fixed probe of every Hessian trace: ``batch_size`` training images drawn with
+    ``seed`` (the same images and Rademacher probes for every checkpoint), ``num_probes``
+    probes; the trajectory probe runs every ``every_steps`` steps during training."""
+
+    batch_size: int = 128
+    num_probes: int = 10
+    seed: int = 0
+    every_steps: int = 100
+    trajectory_probes: int = 10
+
+
+def config_hash(config: ml_collections.ConfigDict, parent_hash: str | None = None) -> str:
+    """10 hex digits of the SHA-256 of the config (sorted JSON, without ``name`` and
+    ``init_from``) and of the parent run's hash."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in HASH_EXCLUDED_FIELDS}
+    text = json.dumps({"config": fields, "parent": parent_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write ``value`` as JSON atomically (a temporary file renamed over ``path``)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters) for a results record."""
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first_line}"
+
+
+def has_failure(record: dict[str, Any]) -> bool:
+    """Whether the run, or the Hessian trace of its checkpoint, failed."""
+    return record["status"] == FAILED or (record.get("trace") or {}).get("status") == FAILED
+
+
+def probe_batch(split, size: int, seed: int) -> dict[str, np.ndarray]:
+    """``size`` training examples drawn without replacement by ``seed``: the fixed probe batch."""
+    rng = np.random.default_rng(seed)
+    indices = np.sort(rng.choice(len(split), size=min(size, len(split)), replace=False))
+    return split.batch(indices)
+
+
+def checkpoint_trace(config: ml_collections.ConfigDict, workdir: str, settings: TraceSettings) -> dict:
+    """The Hessian trace of the final checkpoint in ``workdir`` on the fixed probe batch."""
+    if adapters.curvature_tools() is None:
+        return adapters.unavailable(adapters.NO_TRACE_ESTIMATOR)
+    from jaxquant.train.checkpoint import load_raw
+    from jaxquant.train.loop import build_run
+
+    run = build_run(config)
+    _, saved = load_raw(workdir)
+    variables = {"params": saved["params"], **saved.get("model_state", {})}
+    batch = probe_batch(run.train_split, settings.batch_size, settings.seed)
+    batches = {key: value[None] for key, value in batch.items()}
+    start = time.time()
+    result = adapters.hessian_trace(run.ctx.model, variables, batches, settings.num_probes, settings.seed)
+    return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
+
+
+class Study:
+    """Runs ``specs`` in order under ``study_dir`` and keeps ``results_path`` up to date.
+
+    ``header`` is stored at the top of the results file (the study's settings);
+    ``max_runs`` caps how many runs train in this call (the rest stay ``pending``).
+    """
+
+    def __init__(
+        self,
+        study_dir: str,
+        specs: list[RunSpec],
+        results_path: str,
+        header: dict[str, Any],
+        trace_settings: TraceSettings,
+        max_runs: int | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        ids = [spec.run_id for spec in specs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("run ids of a study must be unique")
+        self.study_dir = os.path.abspath(study_dir)
+        self.specs = specs
+        self.results_path = results_path
+        self.header = header
+        self.trace_settings = trace_settings
+        self.max_runs = max_runs
+        self.log = log
+        self.records: dict[str, dict[str, Any]] = {}
+        self.earlier = self.read_earlier_records()
+        self.hashes: dict[str, str] = {}
+        self.trained = 0
+
+    def read_earlier_records(self) -> dict[str, dict[str, Any]]:
+        """The records of the last call's results file, kept for the runs this call has not
+        reached yet, so that a study killed early still reports everything known."""
+        if not os.path.exists(self.results_path):
+            return {}
+        with open(self.results_path) as f:
+            return {record["run_id"]: record for record in json.load(f).get("runs", [])}
+
+    def workdir(self, spec: RunSpec) -> str:
+        return os.path.join(self.study_dir, f"{spec.run_id}-{self.hashes[spec.run_id]}")
+
+    def run(self) -> list[dict[str, Any]]:
+        """Execute or read back every spec; return the records (also written to the file)."""
+        for spec in self.specs:
+            if spec.parent and spec.parent not in self.hashes:
+                raise ValueError(f"run {spec.run_id!r} starts from {spec.parent!r}, which is not before it")
+            parent_hash = self.hashes.get(spec.parent) if spec.parent else None
+            self.hashes[spec.run_id] = config_hash(spec.config, parent_hash)
+            record = self.execute(spec)
+            self.records[spec.run_id] = record
+            self.log(f"[study] {spec.run_id}: {record['status']}" + self.describe(record))
+            self.save()
+        return list(self.records.values())
+
+    @staticmethod
+    def describe(record: dict[str, Any]) -> str:
+        if record.get("message"):
+            return f" ({record['message']})"
+        if record.get("accuracy") is not None:
+            return f" (accuracy {record['accuracy']:.4f})"
+        return ""
+
+    def save(self) -> None:
+        ids = [spec.run_id for spec in self.specs]
+        known = [self.records.get(i) or self.earlier.get(i) for i in ids]
+        write_json(self.results_path, {**self.header, "runs": [r for r in known if r is not None]})
+
+    def base_record(self, spec: RunSpec) -> dict[str, Any]:
+        return {
+            "run_id": spec.run_id,
+            "kind": spec.kind,
+            **spec.labels,
+            "config_hash": self.hashes[spec.run_id],
+            "parent": spec.parent,
+            "workdir": os.path.relpath(self.workdir(spec), self.study_dir),
+        }
+
+    def execute(self, spec: RunSpec) -> dict[str, Any]:
+        record = self.base_record(spec)
+        workdir = self.workdir(spec)
+        finished = self.read_finished(spec, workdir)
+        if finished is not None:
+            self.log(f"[study] {spec.run_id}: finished earlier, read back from {workdir}")
+            return self.complete_analyses(spec, finished, workdir)
+        parent = self.records.get(spec.parent) if spec.parent else None
+        if parent is not None and parent["status"] != OK:
+            status = PENDING if parent["status"] == PENDING else UNAVAILABLE
+            return {
+                **record,
+                "status": status,
+                "message": f"skipped: depends on {spec.parent} ({parent['status']})",
+            }
+        reason = self.unavailable_reason(spec)
+        if reason:
+            return {**record, "status": UNAVAILABLE, "message": reason}
+        if self.max_runs is not None and self.trained >= self.max_runs:
+            return {**record, "status": PENDING, "message": "not run yet (max_runs reached)"}
+        try:
+            record.update(self.train(spec, workdir))
+            self.trained += record["status"] != UNAVAILABLE
+        except Exception as error:  # noqa: BLE001 - one failed run must not end the study
+            self.trained += 1
+            traceback.print_exc()
+            return {**record, "status": FAILED, "message": error_line(error)}
+        finally:
+            jax.clear_caches()
+        if record["status"] == OK:
+            record = self.complete_analyses(spec, record, workdir)
+        return record
+
+    def read_finished(self, spec: RunSpec, workdir: str) -> dict[str, Any] | None:
+        path = os.path.join(workdir, RESULT_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("config_hash") != self.hashes[spec.run_id] or record.get("status") != OK:
+            return None
+        return {**record, **self.base_record(spec)}
+
+    def unavailable_reason(self, spec: RunSpec) -> str | None:
+        method = spec.config.method.name
+        if spec.kind == "train" and not adapters.method_available(method):
+            return f"skipped: method {method} not available"
+        return None
+
+    def run_config(self, spec: RunSpec) -> ml_collections.ConfigDict:
+        config = ml_collections.ConfigDict(spec.config.to_dict())
+        config.name = spec.run_id
+        if spec.parent:
+            config.init_from = os.path.join(self.study_dir, self.records[spec.parent]["workdir"])
+        return config
+
+    def train(self, spec: RunSpec, workdir: str) -> dict[str, Any]:
+        """Run the spec through ``run_mode`` in ``workdir`` (resuming); the record fields."""
+        from jaxquant.modes import run_mode
+        from jaxquant.train.checkpoint import Checkpointer
+
+        config = self.run_config(spec)
+        fields: dict[str, Any] = {}
+        if spec.kind == "ptq":
+            config = adapters.ptq_config(config, config.init_from, list(spec.ptq_bits))
+        if spec.trajectory:
+            every, probes = self.trace_settings.every_steps, self.trace_settings.trajectory_probes
+            if not adapters.enable_trace_trajectory(config, every, probes):
+                fields["trajectory"] = adapters.unavailable("config.curvature is not in this checkout")
+        resumed_from = None
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and spec.kind == "train":
+            resumed_from = Checkpointer(os.path.join(workdir, "checkpoints")).latest_step()
+        self.log(f"[study] {spec.run_id}: running in {workdir}")
+        start = time.time()
+        try:
+            summary = run_mode(config, workdir)
+        except ValueError:
+            if not adapters.mode_available(config.mode):
+                return {"status": UNAVAILABLE, "message": f"skipped: mode {config.mode} not available"}
+            raise
+        fields["wall_time_s"] = time.time() - start
+        fields["resumed_from_step"] = resumed_from
+        fields["method_config"] = spec.config.method.to_dict()
+        if spec.kind == "ptq":
+            ptq = adapters.read_ptq_report(workdir)
+            if ptq["status"] != OK:
+                return {"status": FAILED, "message": ptq["message"], **fields}
+            fields["ptq"] = ptq
+        else:
+            fields.update(
+                accuracy=summary["test_accuracy"], test_loss=summary["test_loss"], steps=summary["steps"]
+            )
+        return {"status": OK, **fields}
+
+    def complete_analyses(self, spec: RunSpec, record: dict[str, Any], workdir: str) -> dict[str, Any]:
+        """Add the trace and trajectory that are missing (e.g. the curvature tools arrived after
+        the run trained); save the record as finished."""
+        record = dict(record)
+        if spec.trace and (record.get("trace") or {}).get("status") != OK:
+            try:
+                record["trace"] = checkpoint_trace(self.run_config(spec), workdir, self.trace_settings)
+            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
+                traceback.print_exc()
+                record["trace"] = {"status": FAILED, "message": error_line(error)}
+        if spec.trajectory and "trajectory" not in record:
+            record["trajectory"] = adapters.read_trace_trajectory(workdir)
+        write_json(os.path.join(workdir, RESULT_FILE), record)
+        return record

@@ -1,0 +1,101 @@
+"""Every experiment config in configs/ loads and builds a valid run (nothing is trained)."""
+
+import glob
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+from jaxquant.data.sources import DEFAULT_FASHION_MNIST_DIR, DatasetNotFoundError
+from jaxquant.methods import get_method
+from jaxquant.pipeline import stage_config, stage_order
+from jaxquant.train.loop import build_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(
+    path
+    for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if os.path.basename(path) not in ("__init__.py", "common.py")
+)
+
+
+def load_config(path):
+    """What ``--config=<path>`` does: import the file and call ``get_config()``."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def runnable_configs(config, workdir):
+    """The train configs a config stands for: itself, or each stage of a pipeline."""
+    if config.mode != "pipeline":
+        return [config]
+    stages = [stage_config(config, name, workdir) for name in stage_order(config)]
+    for stage in stages:
+        stage.init_from = ""  # an earlier stage's run does not exist yet
+    return stages
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_config_loads_and_builds(path, tmp_path, monkeypatch, request):
+    monkeypatch.chdir(REPO)
+    config = load_config(path)
+    assert isinstance(config, ml_collections.ConfigDict)
+    for run_config in runnable_configs(config, str(tmp_path)):
+        if not run_config.init_from and get_method(run_config.method.name).uses_teacher(run_config):
+            run_config.init_from = request.getfixturevalue("fp_digits_run")  # any FP run: only checked
+        data = run_config.data
+        if data.source == "tfds":
+            if not os.path.isdir(os.path.join(data.data_dir, data.name)):
+                with pytest.raises(DatasetNotFoundError, match="is not prepared"):
+                    build_run(run_config)
+                continue
+        elif data.name == "fashion_mnist" and not os.path.isdir(data.data_dir or DEFAULT_FASHION_MNIST_DIR):
+            pytest.skip("dataset-fashion-mnist is not installed")
+        run = build_run(run_config)
+        assert run.method.name == run_config.method.name
+        assert run.method.policy(run_config).quantizes == (run_config.method.name != "fp")
+
+
+def test_the_experiment_configs_exist():
+    names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+    for model in ("fashion_mnist", "cifar10_resnet20", "cifar10_resnet18"):
+        assert {f"fp_{model}", f"lsq_{model}"} <= names
+    assert "quickstart" in names
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet18"])
+def test_cifar_qat_configs_follow_the_group_protocol(model, monkeypatch):
+    """methods.md §0: SGD momentum 0.9, batch 256, lr 0.01 cosine, wd 5e-4, 200 epochs,
+    pad-crop 4 + flip, first/last layer 8 bits, min/max init on 100 images, from TFDS."""
+    monkeypatch.chdir(REPO)
+    config = load_config(os.path.join(REPO, "configs", f"lsq_cifar10_{model}.py"))
+    assert (config.model.name, config.method.name, config.data.source, config.data.name) == (
+        model,
+        "lsq",
+        "tfds",
+        "cifar10",
+    )
+    assert (config.optim.name, config.optim.momentum, config.optim.learning_rate) == ("sgd", 0.9, 0.01)
+    assert (config.optim.schedule, config.optim.weight_decay) == ("cosine", 5e-4)
+    assert (config.data.batch_size, config.train.num_epochs) == (256, 200)
+    assert (config.data.crop_padding, config.data.flip) == (4, True)
+    assert (config.quant.w_bits, config.quant.a_bits, config.quant.first_last_bits) == (4, 4, 8)
+    assert (config.quant.scheme, config.quant.weight_granularity, config.quant.act_granularity) == (
+        "asymmetric",
+        "channel",
+        "tensor",
+    )
+    assert (config.quant.init, config.quant.calibration_images) == ("minmax", 100)
+
+
+@pytest.mark.parametrize("method", ["fp", "lsq", "lsq_plus", "pact", "dorefa", "sam"])
+def test_cifar_protocol(method):
+    config = importlib.import_module(f"configs.{method}_cifar").get_config("cifar100,mobilenet_v2")
+    assert (config.data.source, config.data.name, config.model.name) == ("tfds", "cifar100", "mobilenet_v2")
+    assert (config.quant.w_bits, config.quant.a_bits, config.quant.first_last_bits) == (4, 4, 8)
+    assert (config.data.batch_size, config.train.num_epochs, config.optim.weight_decay) == (256, 200, 5e-4)
+    assert config.optim.learning_rate == (0.1 if method == "fp" else 0.01)
+    assert importlib.import_module(f"configs.{method}_cifar").get_config().model.name == "resnet18"
