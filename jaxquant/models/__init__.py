@@ -8,12 +8,18 @@ import flax.linen as nn
 
 from jaxquant.models.resnet import resnet18, resnet20
 from jaxquant.models.small_cnn import SmallCNN
+from jaxquant.models.vit import vit_micro, vit_small, vit_tiny
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "resnet20": resnet20,
     "resnet18": resnet18,
+    "vit_micro": vit_micro,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "deit_tiny": vit_tiny,
+    "deit_small": vit_small,
 }
 
 
