@@ -151,4 +151,3 @@ def vit_tiny(**kwargs) -> VisionTransformer:
 def vit_small(**kwargs) -> VisionTransformer:
     """ViT-S: width 384, 12 blocks, 6 heads, MLP 1536 (patch 16)."""
     return VisionTransformer(**{"patch_size": 16, "hidden": 384, "depth": 12, "heads": 6, **kwargs})
-
