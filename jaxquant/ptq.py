@@ -35,7 +35,7 @@ from jaxquant.models import create_model
 from jaxquant.modes import register_mode
 from jaxquant.pipeline import format_table
 from jaxquant.quant.calibration import calibrate
-from jaxquant.quant.observers import OBSERVERS, check_percentile
+from jaxquant.quant.observers import OBSERVERS, check_grid, check_percentile
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy, check_choice
 from jaxquant.quant.quantizers import check_bits
 from jaxquant.train.checkpoint import load_raw
@@ -83,9 +83,7 @@ def observer_options(ptq: ml_collections.ConfigDict) -> tuple[tuple[str, Any], .
     if observer == "percentile":
         return (("percentile", check_percentile(ptq.percentile, "ptq.percentile")),)
     if observer == "mse":
-        if isinstance(ptq.mse_grid, bool) or not isinstance(ptq.mse_grid, int) or ptq.mse_grid < 1:
-            raise ValueError(f"ptq.mse_grid={ptq.mse_grid!r} is out of range: allowed integers >= 1")
-        return (("grid", ptq.mse_grid),)
+        return (("grid", check_grid(ptq.mse_grid, "ptq.mse_grid")),)
     return ()
 
 

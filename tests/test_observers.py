@@ -88,7 +88,7 @@ def test_bad_observer_options_are_one_line_errors():
     x = jnp.ones((4, 4))
     with pytest.raises(ValueError, match=r"percentile=40.0 is out of range"):
         percentile_observer(x, None, percentile=40.0)
-    with pytest.raises(ValueError, match=r"grid=0 is out of range"):
+    with pytest.raises(ValueError, match=r"^grid=0 is out of range"):
         mse_observer(x, None, grid=0)
     with pytest.raises(ValueError, match=r"observer='kl' is unknown: allowed values \['minmax', 'mse'"):
         get_observer("kl")

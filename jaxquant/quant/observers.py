@@ -35,6 +35,13 @@ def check_percentile(percentile: float, field: str = "percentile") -> float:
     return float(percentile)
 
 
+def check_grid(grid: int, field: str = "grid") -> int:
+    """The ``mse`` observer's grid size must be a positive integer."""
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"{field}={grid!r} is out of range: allowed integers >= 1")
+    return grid
+
+
 def percentile_observer(
     x: jax.Array, channel_axis: int | None, percentile: float = 99.99, **unused
 ) -> tuple[jax.Array, jax.Array]:
@@ -81,8 +88,7 @@ def mse_observer(
     the reduced axes, so each channel gets its own ``α*``. ``α = 1`` is the min/max range, so
     the error found is never above :func:`minmax_observer`'s.
     """
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"mse grid={grid!r} is out of range: allowed integers >= 1")
+    check_grid(grid)
     axes = reduce_axes(x.ndim, channel_axis)
     lo = jnp.min(x, axis=axes, keepdims=True)
     hi = jnp.max(x, axis=axes, keepdims=True)
