@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "run"
-    config.mode = "train"  # train | pipeline (more modes register in jaxquant.main)
+    config.mode = "train"  # train | pipeline | ptq (more modes register in jaxquant.modes)
     config.seed = 0
     config.init_from = ""  # FP run (workdir or checkpoints folder) that QAT starts from
 
@@ -37,6 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.quant.init = "minmax"  # minmax | lsq
     config.quant.grad_scale = True
     config.quant.calibration_images = 100
+
+    # Post-training quantization (mode = 'ptq', methods brief §5) of the FP run in init_from.
+    config.ptq = ml_collections.ConfigDict()
+    config.ptq.bits = "8,6,4,3"  # each b: WbAb; or "w4a8"
+    config.ptq.observer = "minmax"  # minmax | percentile | mse
+    config.ptq.percentile = 99.99  # percentile observer: clip above the p-th percentile (in %)
+    config.ptq.mse_grid = 100  # mse observer: clip ratios 1/G, 2/G, ..., 1
+    config.ptq.calibration_images = 256
 
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"

@@ -10,6 +10,7 @@ import ml_collections
 
 from jaxquant.data.augment import random_crop_flip
 from jaxquant.objectives.classification import accuracy, cross_entropy
+from jaxquant.quant.gaussian_noise import NOISE_STATS
 
 
 def forward(
@@ -23,11 +24,12 @@ def forward(
 ):
     """Apply ``model``; return ``(logits, new_model_state, intermediates)``.
 
-    In training mode BatchNorm uses and updates batch statistics; ``taps=True`` collects the
-    sown feature taps (``conv_out`` per conv, ``features`` before the head).
+    In training mode BatchNorm uses and updates batch statistics, and perturbations update
+    their running statistics (``noise_stats``); ``taps=True`` collects the sown feature taps
+    (``conv_out`` per conv, ``features`` before the head).
     """
     variables = {"params": params, **model_state}
-    mutable = ["batch_stats"] if train else []
+    mutable = ["batch_stats", NOISE_STATS] if train else []
     if taps:
         mutable.append("intermediates")
     rngs = {"noise": rng} if rng is not None else {}
