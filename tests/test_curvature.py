@@ -142,7 +142,7 @@ def test_hutchinson_mean_is_within_three_standard_errors_of_the_trace(mlp):
     loss_fn, params, data = mlp
     hessian = dense_hessian(loss_fn, params, data)
     estimate = curvature.hutchinson_trace(
-        loss_fn, params, data, jax.random.PRNGKey(3), num_probes=2000, chunk_size=500, log=None
+        loss_fn, params, data, jax.random.PRNGKey(3), num_probes=2000, chunk_size=500, rolled=True, log=None
     )
     assert estimate.num_probes == 2000 and not estimate.converged
     assert abs(estimate.trace - np.trace(hessian)) < 3 * estimate.stderr
@@ -157,7 +157,7 @@ def test_per_layer_traces_sum_to_the_total_and_match_the_blocks(mlp):
     loss_fn, params, data = mlp
     hessian = dense_hessian(loss_fn, params, data)
     estimate = curvature.hutchinson_trace(
-        loss_fn, params, data, jax.random.PRNGKey(4), num_probes=1000, chunk_size=250, log=None
+        loss_fn, params, data, jax.random.PRNGKey(4), num_probes=1000, chunk_size=250, rolled=True, log=None
     )
     assert list(estimate.layer_traces) == ["layer0", "layer1"]
     assert estimate.layer_sizes == {"layer0": 35, "layer1": 18}
@@ -172,13 +172,17 @@ def test_hutchinson_probes_do_not_depend_on_chunking_and_stop_early(mlp, capsys)
     loss_fn, params, data = mlp
     key = jax.random.PRNGKey(5)
     run = lambda **kw: curvature.hutchinson_trace(loss_fn, params, data, key, **kw)
-    whole = run(num_probes=12, chunk_size=12, log=None)
-    chunked = run(num_probes=12, chunk_size=5, log=print)
-    np.testing.assert_allclose(whole.probe_values, chunked.probe_values, rtol=1e-6)
-    assert "hutchinson: probe 10/12, running estimate" in capsys.readouterr().out
-    early = run(num_probes=400, chunk_size=20, tol=0.5, log=None)
-    assert early.converged and early.num_probes < 400
-    np.testing.assert_allclose(early.probe_values, run(num_probes=early.num_probes, log=None).probe_values)
+    whole = run(num_probes=40, chunk_size=40, rolled=True, log=None)
+    chunked = run(num_probes=38, chunk_size=5, rolled=True, log=print)
+    np.testing.assert_allclose(chunked.probe_values, whole.probe_values[:38], rtol=1e-6)
+    assert "hutchinson: probe 38/38, running estimate" in capsys.readouterr().out
+    straight = run(num_probes=3, rolled=False, log=None)  # the CPU default: one probe per call
+    np.testing.assert_allclose(straight.probe_values, whole.probe_values[:3], rtol=1e-6)
+    early = run(num_probes=40, chunk_size=5, rolled=True, tol=0.2, log=None)
+    assert early.converged and early.num_probes < 40
+    np.testing.assert_allclose(early.probe_values, whole.probe_values[: early.num_probes], rtol=1e-6)
+    means = [np.mean(whole.probe_values[:n]) for n in (early.num_probes - 5, early.num_probes)]
+    assert abs(means[1] - means[0]) <= 0.2 * abs(means[0])
 
 
 def test_top_eigenvalues_match_eigh(cnn, cnn_hessian):

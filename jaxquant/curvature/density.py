@@ -11,9 +11,8 @@ where, for each of ``R`` random unit start vectors ``v_r``, ``m`` Lanczos steps 
 run sum to 1, so ``∫ φ_σ = 1``; and ``Σ_j w_rj θ_rj = v_rᵀ H v_r`` (``= (T_r)_11``), so the
 mean of ``φ_σ`` is a Hutchinson estimate of ``Tr(H)/n``.
 
-Lanczos is ``matfree``'s tridiagonalisation (shared with :mod:`jaxquant.curvature.eigen`);
-the quadrature and the Gaussian broadening are here, since ``matfree`` estimates traces of
-matrix functions rather than densities.
+Lanczos is :func:`jaxquant.curvature.eigen.lanczos` (full reorthogonalisation; the module
+docstring there says why it is not ``matfree``'s).
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from jaxquant.curvature.eigen import lanczos, lanczos_steps
-from jaxquant.curvature.hutchinson import rademacher_like
+from jaxquant.curvature.eigen import lanczos
 from jaxquant.curvature.hvp import LossFn
 
 
@@ -84,24 +82,25 @@ def slq_quadrature(
     num_iterations: int = 64,
     log: Callable[[str], None] | None = print,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``[R, m]`` nodes and weights from ``R`` Lanczos runs with Rademacher start vectors."""
+    """``[R, m]`` nodes and weights from ``R`` Lanczos runs with Rademacher start vectors
+    (a run that stops early on an invariant subspace is padded with zero weights)."""
     if num_runs < 1:
         raise ValueError(f"curvature.density_runs={num_runs} must be a positive integer")
-    steps = lanczos_steps(params, num_iterations)
-    nodes, weights = [], []
+    runs = []
     for run, run_key in enumerate(jax.random.split(key, num_runs)):
         start_time = time.time()
-        start = rademacher_like(run_key, params)
-        tridiagonal, _, _ = lanczos(loss_fn, steps, False, params, data, start)
-        run_nodes, run_weights = gauss_quadrature(np.asarray(tridiagonal))
-        nodes.append(run_nodes)
-        weights.append(run_weights)
+        tridiagonal = lanczos(loss_fn, params, data, run_key, num_iterations).tridiagonal
+        runs.append(gauss_quadrature(tridiagonal))
         if log is not None:
+            mean = np.mean([np.sum(w * t) for t, w in runs])
             log(
-                f"slq: lanczos run {run + 1}/{num_runs} ({steps} HVPs, {time.time() - start_time:.1f} s), "
-                f"running mean eigenvalue {np.sum(np.multiply(weights, nodes)) / len(nodes):.6g}"
+                f"slq: lanczos run {run + 1}/{num_runs} ({len(tridiagonal)} HVPs, "
+                f"{time.time() - start_time:.1f} s), running mean eigenvalue {mean:.6g}"
             )
-    return np.stack(nodes), np.stack(weights)
+    width = max(len(t) for t, _ in runs)
+    nodes = np.stack([np.pad(t, (0, width - len(t)), mode="edge") for t, _ in runs])
+    weights = np.stack([np.pad(w, (0, width - len(w))) for _, w in runs])
+    return nodes, weights
 
 
 def spectral_density(

@@ -21,6 +21,7 @@ from flax import traverse_util
 from jaxquant.curvature.hvp import SEPARATOR, LossFn
 
 
+@functools.partial(jax.jit, static_argnames="kernels_only")
 def filter_normalized_direction(key: jax.Array, params, kernels_only: bool = True):
     """A random direction ``d`` like ``params``, normalised filter by filter.
 

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from jaxquant import parallel
+from jaxquant.curvature.monitor import CurvatureMonitor
 from jaxquant.data import TrainBatches, calibration_images, eval_batches, load_splits
 from jaxquant.data.sources import Split
 from jaxquant.methods import MethodContext, get_method
@@ -233,6 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = checkpointer.restore(state)
         print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
     start_step = int(state.step)
+    curvature_monitor = CurvatureMonitor(run, state.params, metrics)
 
     train_step = make_train_step(run, total_steps)
     eval_step = make_eval_step(run.ctx.model)
@@ -264,6 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
+        curvature_monitor.maybe_probe(done, state)
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
             check_finite(float(jax.device_get(step_metrics["loss"])), done, checkpointer)
             checkpointer.save(done, state)
