@@ -13,10 +13,9 @@ def get_config():
     config.name = "analyse_digits"
     config.mode = "analyse"
     config.curvature.batch_size = 256
-    config.curvature.num_batches = 2
-    config.curvature.num_probes = 200
-    config.curvature.chunk_size = 20
+    config.curvature.num_batches = 1
+    config.curvature.num_probes = 100
     config.curvature.tol = 1e-3
-    config.curvature.lanczos_iterations = 80
-    config.curvature.density_runs = 4
+    config.curvature.lanczos_iterations = 40
+    config.curvature.density_runs = 2
     return config

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxquant import curvature
 from jaxquant.curvature import plots
+from jaxquant.curvature.landscape import losses_at
 from jaxquant.curvature.monitor import curvature_split
 from jaxquant.data import fixed_batches
 from jaxquant.modes import register_mode
@@ -115,7 +116,7 @@ def measure_flatness(
         log=log,
     )
     eigenvalues = curvature.top_eigenvalues(
-        loss_fn, params, data, keys[1], k=settings.top_k, num_iterations=settings.lanczos_iterations
+        loss_fn, params, data, keys[1], k=settings.top_k, num_iterations=settings.lanczos_iterations, log=log
     )
     if log is not None:
         log(f"lanczos: top eigenvalues {np.array2string(eigenvalues.values, precision=4)}")
@@ -131,20 +132,22 @@ def measure_flatness(
         log=log,
     )
     slice_loss, weights, slice_data = curvature.model_objective(model, variables, batches)
-    direction_keys = jax.random.split(keys[3])
-    directions = [curvature.filter_normalized_direction(k, weights) for k in direction_keys]
+    directions = tuple(curvature.filter_normalized_direction(k, weights) for k in jax.random.split(keys[3]))
     radius = settings.landscape_radius
     alphas = np.linspace(-radius, radius, settings.landscape_points)
     grid = np.linspace(-radius, radius, settings.landscape_2d_points)
-    line = curvature.slice_1d(slice_loss, weights, slice_data, directions[0], alphas)
-    surface = curvature.slice_2d(slice_loss, weights, slice_data, directions, grid, grid)
+    plane = np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
+    line = np.stack([alphas, np.zeros_like(alphas)], axis=1)
+    points = np.concatenate([np.zeros((1, 2)), line, plane])  # one compiled evaluation for all
+    losses = np.asarray(losses_at(slice_loss, weights, slice_data, directions, points))
+    surface = losses[1 + len(alphas) :].reshape(len(grid), len(grid))
     return {
-        "loss": float(loss_fn(params, data)),
+        "loss": float(losses[0]),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
         "trace": trace.to_dict(),
         "eigenvalues": eigenvalues.to_dict(),
         "density": density.to_dict(),
-        "landscape_1d": {"alphas": alphas.tolist(), "losses": line.tolist()},
+        "landscape_1d": {"alphas": alphas.tolist(), "losses": losses[1 : 1 + len(alphas)].tolist()},
         "landscape_2d": {"alphas": grid.tolist(), "betas": grid.tolist(), "losses": surface.tolist()},
     }
 
@@ -152,18 +155,20 @@ def measure_flatness(
 def interpolation_line(start: TrainedRun, end: TrainedRun, batches, settings) -> dict[str, Any]:
     """Loss from ``start`` (α = 0) to ``end`` (α = 1), with ``end``'s model (its quantizers)."""
     margin = settings.line_margin
-    alphas = np.linspace(-margin, 1 + margin, settings.landscape_points)
+    alphas = np.union1d(np.linspace(-margin, 1 + margin, settings.landscape_points), [0.0, 1.0])
     loss_fn = curvature.model_loss(end.model)
     losses = curvature.interpolate(loss_fn, start.variables, end.variables, batches, alphas)
     return {"from": start.name, "to": end.name, "alphas": alphas.tolist(), "losses": losses.tolist()}
 
 
 def unique_names(runs: list[TrainedRun]) -> None:
-    """Label runs by ``config.name``, falling back to the workdir when names repeat."""
+    """Label runs by ``config.name``, falling back to the workdir's name (or whole path)
+    when names repeat."""
     names = [r.name for r in runs]
-    for run in runs:
+    folders = [os.path.basename(r.workdir) for r in runs]
+    for run, folder in zip(runs, folders, strict=True):
         if names.count(run.name) > 1:
-            run.name = run.workdir
+            run.name = folder if folders.count(folder) == 1 else run.workdir
 
 
 def checkpoint_paths(config: ml_collections.ConfigDict) -> list[str]:

@@ -181,7 +181,7 @@ def test_hutchinson_probes_do_not_depend_on_chunking_and_stop_early(mlp, capsys)
     early = run(num_probes=40, chunk_size=5, rolled=True, tol=0.2, log=None)
     assert early.converged and early.num_probes < 40
     np.testing.assert_allclose(early.probe_values, whole.probe_values[: early.num_probes], rtol=1e-6)
-    means = [np.mean(whole.probe_values[:n]) for n in (early.num_probes - 5, early.num_probes)]
+    means = [np.mean(whole.probe_values[:n]) for n in (early.num_probes - 10, early.num_probes)]
     assert abs(means[1] - means[0]) <= 0.2 * abs(means[0])
 
 

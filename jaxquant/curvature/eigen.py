@@ -21,10 +21,11 @@ Why not ``matfree`` (which has Lanczos and SLQ in JAX, installable from PyPI): i
 whole recurrence as one compiled ``fori_loop``. XLA:CPU runs convolution gradients inside a
 loop body 10–60× slower than outside one (jax issue #12868; measured here: one HVP of the
 digits CNN 0.1 s straight, 4–5 s inside a loop), which made a 64-step Lanczos on that CNN
-take minutes instead of seconds on the CPUs this project's small studies run on. Here one
-step is compiled once and the host drives the iterations, which runs at full speed on every
-backend (an HVP dominates a step, so the per-step dispatch costs nothing) and can print
-progress.
+take minutes instead of seconds on the CPUs this project's small studies run on. Here the
+host drives the iterations, each one call of the compiled HVP (the same compilation the
+Hutchinson estimator uses on CPU) and one of a small compiled update; this runs at full
+speed on every backend (an HVP dominates a step, so the dispatch costs nothing) and can
+print progress.
 """
 
 from __future__ import annotations
@@ -40,17 +41,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxquant.curvature.hutchinson import LOG_SECONDS, check_has_parameters, rademacher_like
-from jaxquant.curvature.hvp import LossFn, hvp
+from jaxquant.curvature.hvp import LossFn, jitted_hvp
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
-def lanczos_step(loss_fn: LossFn, params, data, basis: jax.Array, index: jax.Array):
-    """One Lanczos step on the flat ``[m + 1, n]`` ``basis`` (rows past ``index`` are 0):
-    returns ``(basis with row index + 1 set, α_index, β_index)``."""
-    _, unravel = ravel_pytree(params)
-    q = basis[index]
-    w = ravel_pytree(hvp(loss_fn, params, data, unravel(q)))[0]
-    alpha = jnp.vdot(q, w)
+@functools.partial(jax.jit, donate_argnums=0)
+def lanczos_update(basis: jax.Array, index: jax.Array, product: jax.Array):
+    """Given ``w = H q_index`` (flat ``product``), return ``(basis with row index + 1 set,
+    α_index, β_index)``; ``basis`` is the flat ``[m + 1, n]`` basis, rows past ``index`` 0."""
+    alpha = jnp.vdot(basis[index], product)
+    w = product
     for _ in range(2):
         w = w - basis.T @ (basis @ w)
     beta = jnp.linalg.norm(w)
@@ -87,7 +86,8 @@ def lanczos(
     alphas, betas = [], []
     scale, last_log, began = 0.0, time.time(), time.time()
     for index in range(steps):
-        basis, alpha, beta = lanczos_step(loss_fn, params, data, basis, jnp.asarray(index))
+        product = jitted_hvp(loss_fn, params, data, unravel(basis[index]))
+        basis, alpha, beta = lanczos_update(basis, jnp.asarray(index), ravel_pytree(product)[0])
         alphas.append(float(alpha))
         betas.append(float(beta))
         scale = max(scale, abs(alphas[-1]), betas[-1])

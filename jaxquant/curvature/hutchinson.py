@@ -10,15 +10,16 @@ cross terms ``E[v_bᵀ H_bc v_c]`` vanish for independent blocks. So every probe
 total probe by probe.
 
 Probes run in chunks: each chunk is one compiled ``lax.scan`` over its probe keys; between
-chunks the host prints progress and stops once the running estimate changes by less than
-``tol`` (relative). Probe ``i`` always uses the ``i``-th key of ``key``, so the same key
-gives the same probes however they are chunked: a fixed key makes estimates over a training
-run comparable.
+chunks the host prints progress and stops once the running estimate has changed by less than
+``tol`` (relative) over the last block of at least ``TOL_PROBES`` probes (a single probe close
+to the mean would otherwise stop it by chance). Probe ``i`` always uses the ``i``-th key of
+``key``, so the same key gives the same probes however they are chunked: a fixed key makes
+estimates over a training run comparable.
 
 On CPU the default is different: XLA:CPU runs convolution gradients inside a loop body
 10–60× slower than outside one (jax issue #12868; measured here: one HVP of the digits CNN
-0.1 s straight, 4–5 s as a scan of length 1). So on the CPU backend a chunk is one probe
-traced straight (``rolled=False``, ``chunk_size=1``): compiled once, called per probe.
+0.1 s straight, 4–5 s as a scan of length 1). So on the CPU backend each probe is one call of the
+compiled HVP (``rolled=False``, ``chunk_size=1``), with no loop primitive around it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant.curvature.hvp import LossFn, hvp, layer_name, leaf_names
+from jaxquant.curvature.hvp import LossFn, hvp, jitted_hvp, layer_name, leaf_names
 
 LOG_SECONDS = 2.0  # at most one progress line per this many seconds (and the last one)
+TOL_PROBES = 10  # the tolerance compares running means at least this many probes apart
 
 
 def rademacher_like(key: jax.Array, tree):
@@ -103,26 +105,43 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def probe_chunk(
-    loss_fn: LossFn, leaf_groups: tuple[int, ...], num_groups: int, rolled: bool, params, data, keys
-):
-    """``[len(keys), num_groups]`` per-layer values ``v_bᵀ (Hv)_b``, one probe per key:
-    under ``lax.scan`` (one HVP in the compiled loop body) when ``rolled``, else traced
-    one after another without a loop primitive (for XLA:CPU, see the module docstring)."""
-    segments = jnp.asarray(leaf_groups, jnp.int32)
+def layer_products(v, hv, leaf_groups: tuple[int, ...], num_groups: int) -> jax.Array:
+    """``[num_groups]`` sums ``v_bᵀ (Hv)_b`` over the leaves of each layer ``b``."""
+    per_leaf = jnp.stack(
+        [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hv), strict=True)]
+    )
+    return jax.ops.segment_sum(per_leaf, jnp.asarray(leaf_groups, jnp.int32), num_segments=num_groups)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def scanned_probes(loss_fn: LossFn, leaf_groups: tuple[int, ...], num_groups: int, params, data, keys):
+    """``[len(keys), num_groups]`` per-layer values, one probe per key under ``lax.scan``."""
 
     def one_probe(carry, key):
         v = rademacher_like(key, params)
-        hv = hvp(loss_fn, params, data, v)
-        per_leaf = jnp.stack(
-            [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hv), strict=True)]
-        )
-        return carry, jax.ops.segment_sum(per_leaf, segments, num_segments=num_groups)
+        return carry, layer_products(v, hvp(loss_fn, params, data, v), leaf_groups, num_groups)
 
+    return jax.lax.scan(one_probe, None, keys)[1]
+
+
+jitted_rademacher_like = jax.jit(rademacher_like)
+jitted_layer_products = jax.jit(layer_products, static_argnums=(2, 3))
+
+
+def probe_chunk(
+    loss_fn: LossFn, leaf_groups: tuple[int, ...], num_groups: int, rolled: bool, params, data, keys
+):
+    """``[len(keys), num_groups]`` per-layer values ``v_bᵀ (Hv)_b``, one probe per key: under
+    ``lax.scan`` when ``rolled``, else one call of the compiled HVP per probe (for XLA:CPU,
+    see the module docstring; the same compiled HVP then also serves Lanczos)."""
     if rolled:
-        return jax.lax.scan(one_probe, None, keys)[1]
-    return jnp.stack([one_probe(None, k)[1] for k in keys])
+        return scanned_probes(loss_fn, leaf_groups, num_groups, params, data, keys)
+    rows = []
+    for key in keys:
+        v = jitted_rademacher_like(key, params)
+        hv = jitted_hvp(loss_fn, params, data, v)
+        rows.append(jitted_layer_products(v, hv, leaf_groups, num_groups))
+    return jnp.stack(rows)
 
 
 def hutchinson_trace(
@@ -141,11 +160,11 @@ def hutchinson_trace(
     """Estimate ``Tr(∇²L)`` at ``params`` with up to ``num_probes`` Rademacher probes.
 
     ``group_fn`` maps a leaf path (``'conv0/kernel'``) to its layer (default
-    :func:`~jaxquant.curvature.hvp.layer_name`). Stops after a chunk of ``chunk_size``
-    probes when ``|m_new − m_old| ≤ tol·|m_old|`` for the running means before and after
-    it (``tol = 0``: always all probes). ``log`` receives one progress line per chunk.
-    ``chunk_size`` and ``rolled`` default to 10 and ``lax.scan`` on accelerators, 1 and
-    straight code on CPU.
+    :func:`~jaxquant.curvature.hvp.layer_name`). Stops after a chunk when
+    ``|m_new − m_old| ≤ tol·|m_old|`` for the running means now and ``TOL_PROBES`` or more
+    probes earlier, at a chunk boundary (``tol = 0``: always all probes). ``log`` receives a
+    progress line every ``LOG_SECONDS`` and at the end. ``chunk_size`` and ``rolled``
+    default to 10 and ``lax.scan`` on accelerators, 1 and straight code on CPU.
     """
     check_has_parameters(params, "hutchinson_trace")
     rolled = not on_cpu() if rolled is None else rolled
@@ -162,13 +181,16 @@ def hutchinson_trace(
     keys = jax.random.split(key, num_chunks * chunk_size)
     keys = keys.reshape((num_chunks, chunk_size, *keys.shape[1:]))
     chunks: list[np.ndarray] = []
-    previous, converged, last_log = None, False, 0.0
+    previous, probes_at_previous, converged, last_log = None, 0, False, 0.0
     for index in range(num_chunks):
         values = probe_chunk(loss_fn, leaf_groups, len(layers), rolled, params, data, keys[index])
         chunks.append(np.asarray(values, np.float64))
         totals = np.concatenate(chunks)[:num_probes].sum(axis=1)
         estimate, stderr = mean_and_stderr(totals)
-        converged = previous is not None and tol > 0 and abs(estimate - previous) <= tol * abs(previous)
+        checked = len(totals) - probes_at_previous >= TOL_PROBES
+        converged = (
+            checked and previous is not None and tol > 0 and abs(estimate - previous) <= tol * abs(previous)
+        )
         finished = converged or index == num_chunks - 1
         if log is not None and (finished or time.time() - last_log >= LOG_SECONDS):
             last_log = time.time()
@@ -176,7 +198,8 @@ def hutchinson_trace(
             log(f"hutchinson: {done}, running estimate {estimate:.6g} ± {stderr:.2g}")
         if converged:
             break
-        previous = estimate
+        if checked:
+            previous, probes_at_previous = estimate, len(totals)
     per_layer = np.concatenate(chunks)[:num_probes]
     totals = per_layer.sum(axis=1)
     trace, stderr = mean_and_stderr(totals)
@@ -191,5 +214,5 @@ def hutchinson_trace(
         layer_traces={n: float(v) for n, v in zip(layers, layer_means, strict=True)},
         layer_stderr={n: float(v) for n, v in zip(layers, layer_errors, strict=True)},
         layer_sizes=sizes,
-        converged=converged,
+        converged=bool(converged),
     )

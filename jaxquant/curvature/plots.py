@@ -80,18 +80,21 @@ def plot_slice_2d(reports, path: str | None = None) -> Figure:
 
 
 def plot_layer_traces(reports, path: str | None = None) -> Figure:
-    """Per-layer Hessian traces as grouped bars (log scale), with standard errors."""
+    """Per-layer Hessian traces as grouped bars (log scale above 1% of the largest, linear
+    below, since a block trace can be negative), with standard errors."""
     layers = list(dict.fromkeys(name for _, report in reports for name in report["trace"]["layers"]))
     figure, (axes,) = new_figure(max(6.0, 0.5 * len(layers) * len(reports)), 4.0)
     width = 0.8 / len(reports)
     positions = np.arange(len(layers))
+    largest = 0.0
     for index, (label, report) in enumerate(reports):
         per_layer = report["trace"]["layers"]
         values = [per_layer.get(name, {}).get("trace", np.nan) for name in layers]
         errors = [per_layer.get(name, {}).get("stderr", 0.0) for name in layers]
         axes.bar(positions + index * width, values, width, yerr=errors, label=label)
+        largest = max([largest, *np.abs(np.nan_to_num(values))])
     axes.set_xticks(positions + 0.4 - width / 2, layers, rotation=60, ha="right", fontsize=8)
-    axes.set_yscale("symlog", linthresh=1e-3)
+    axes.set_yscale("symlog", linthresh=max(1e-2 * largest, 1e-12))
     axes.set_ylabel("trace of the layer's Hessian block")
     axes.set_title("Per-layer Hessian trace (Hutchinson)")
     axes.legend()
