@@ -22,7 +22,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxquant.methods.common import forward
@@ -55,11 +54,6 @@ def hvp(loss_fn: LossFn, params, data, vector):
 def jitted_hvp(loss_fn: LossFn, params, data, vector):
     """:func:`hvp`, compiled once per ``loss_fn`` (and shapes)."""
     return hvp(loss_fn, params, data, vector)
-
-
-def tree_vdot(a, b) -> jax.Array:
-    """``Σ_leaves Σ a ⊙ b``: the inner product of two pytrees of the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def leaf_names(tree) -> list[str]:

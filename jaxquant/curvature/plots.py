@@ -25,41 +25,46 @@ def finish(figure: Figure, path: str | None) -> Figure:
     return figure
 
 
+def line_figure(series, xlabel: str, ylabel: str, title: str, style: str = "-", log_y: bool = False):
+    """One axes with a line per ``(label, x, y)`` in ``series``."""
+    figure, (axes,) = new_figure()
+    for label, x, y in series:
+        axes.plot(x, y, style, label=label)
+    if log_y:
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    return figure, axes
+
+
 def plot_density(reports, path: str | None = None) -> Figure:
     """SLQ spectral densities on a log scale (ESD plot as in PyHessian)."""
-    figure, (axes,) = new_figure()
+    series = []
     for label, report in reports:
-        grid, density = np.asarray(report["density"]["grid"]), np.asarray(report["density"]["density"])
-        axes.semilogy(grid, np.maximum(density, 1e-12 * density.max()), label=label)
-    axes.set_xlabel("eigenvalue")
-    axes.set_ylabel("density (Gaussian-broadened SLQ)")
-    axes.set_title("Hessian spectral density")
-    axes.legend()
+        density = np.asarray(report["density"]["density"])
+        series.append((label, report["density"]["grid"], np.maximum(density, 1e-12 * density.max())))
+    figure, _ = line_figure(
+        series, "eigenvalue", "density (Gaussian-broadened SLQ)", "Hessian spectral density", log_y=True
+    )
     return finish(figure, path)
 
 
 def plot_eigenvalues(reports, path: str | None = None) -> Figure:
     """The top-k eigenvalues of each run, largest first."""
-    figure, (axes,) = new_figure()
-    for label, report in reports:
-        values = report["eigenvalues"]["values"]
-        axes.plot(np.arange(1, len(values) + 1), values, "o-", label=label)
-    axes.set_xlabel("rank")
-    axes.set_ylabel("eigenvalue")
-    axes.set_title("Top Hessian eigenvalues (Lanczos)")
-    axes.legend()
+    series = [
+        (label, np.arange(1, len(r["eigenvalues"]["values"]) + 1), r["eigenvalues"]["values"])
+        for label, r in reports
+    ]
+    figure, _ = line_figure(series, "rank", "eigenvalue", "Top Hessian eigenvalues (Lanczos)", style="o-")
     return finish(figure, path)
 
 
 def plot_slice_1d(reports, path: str | None = None) -> Figure:
     """Loss along one random filter-normalised direction."""
-    figure, (axes,) = new_figure()
-    for label, report in reports:
-        axes.plot(report["landscape_1d"]["alphas"], report["landscape_1d"]["losses"], label=label)
-    axes.set_xlabel("α (filter-normalised direction)")
-    axes.set_ylabel("loss")
-    axes.set_title("1D loss landscape")
-    axes.legend()
+    series = [(label, r["landscape_1d"]["alphas"], r["landscape_1d"]["losses"]) for label, r in reports]
+    figure, _ = line_figure(series, "α (filter-normalised direction)", "loss", "1D loss landscape")
     return finish(figure, path)
 
 
@@ -103,13 +108,10 @@ def plot_layer_traces(reports, path: str | None = None) -> Figure:
 
 def plot_interpolation(lines, path: str | None = None) -> Figure:
     """Loss along the line between two checkpoints; ``lines`` holds ``(label, {alphas, losses})``."""
-    figure, (axes,) = new_figure()
-    for label, line in lines:
-        axes.plot(line["alphas"], line["losses"], label=label)
+    series = [(label, line["alphas"], line["losses"]) for label, line in lines]
+    figure, axes = line_figure(
+        series, "α (0: first checkpoint, 1: second)", "loss", "Loss between checkpoints"
+    )
     for end in (0.0, 1.0):
         axes.axvline(end, color="0.7", linewidth=0.8)
-    axes.set_xlabel("α (0: first checkpoint, 1: second)")
-    axes.set_ylabel("loss")
-    axes.set_title("Loss between checkpoints")
-    axes.legend()
     return finish(figure, path)
