@@ -17,16 +17,18 @@ import os
 import ml_collections
 
 from jaxquant.defaults import get_config as base_config
+from jaxquant.methods import get_method
 
 FP_LEARNING_RATE = 0.05  # FP pretraining of the small CNN (digits, Fashion-MNIST)
 FP_CIFAR_LEARNING_RATE = 0.1
 
 
 def experiment(method: str, name: str) -> ml_collections.ConfigDict:
-    """The base config with ``method.name = method`` and the run named ``<method>_<name>``."""
+    """The base config with ``method``'s block (every field at its default, see
+    ``Method.default_config``) and the run named ``<method>_<name>``."""
     config = base_config()
     config.name = f"{method}_{name}"
-    config.method.name = method
+    config.method = get_method(method).default_config()
     return config
 
 

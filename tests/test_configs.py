@@ -8,6 +8,7 @@ import ml_collections
 import pytest
 
 from jaxquant.data.sources import DEFAULT_FASHION_MNIST_DIR, DatasetNotFoundError
+from jaxquant.methods import get_method
 from jaxquant.pipeline import stage_config, stage_order
 from jaxquant.train.loop import build_run
 
@@ -38,11 +39,13 @@ def runnable_configs(config, workdir):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
-def test_config_loads_and_builds(path, tmp_path, monkeypatch):
+def test_config_loads_and_builds(path, tmp_path, monkeypatch, request):
     monkeypatch.chdir(REPO)
     config = load_config(path)
     assert isinstance(config, ml_collections.ConfigDict)
     for run_config in runnable_configs(config, str(tmp_path)):
+        if not run_config.init_from and get_method(run_config.method.name).uses_teacher(run_config):
+            run_config.init_from = request.getfixturevalue("fp_digits_run")  # any FP run: only checked
         data = run_config.data
         if data.source == "tfds":
             if not os.path.isdir(os.path.join(data.data_dir, data.name)):

@@ -28,3 +28,18 @@ def random_crop_flip(
         do_flip = jax.random.bernoulli(flip_rng, 0.5, (batch, 1, 1, 1))
         images = jnp.where(do_flip, images[:, :, ::-1, :], images)
     return images
+
+
+def random_cutout(rng: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Zero one ``size × size`` square per NHWC image at a uniformly random centre (clipped at
+    the borders; DeVries & Taylor 2017). Identity when ``size`` is 0."""
+    if size <= 0:
+        return images
+    batch, height, width, _ = images.shape
+    centre_rng_y, centre_rng_x = jax.random.split(rng)
+    top = jax.random.randint(centre_rng_y, (batch, 1, 1, 1), 0, height) - size // 2
+    left = jax.random.randint(centre_rng_x, (batch, 1, 1, 1), 0, width) - size // 2
+    rows = jnp.arange(height)[None, :, None, None]
+    cols = jnp.arange(width)[None, None, :, None]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return jnp.where(inside, 0.0, images)

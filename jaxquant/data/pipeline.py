@@ -45,12 +45,13 @@ class TrainBatches:
         return np.asarray(self._indices[step])
 
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
-        """This process's part of global batch ``step``."""
+        """This process's part of global batch ``step``, with each example's ``index`` in the
+        training set (methods that hide labels of a fixed subset select it by index)."""
         indices = self.indices(step)
         process_count = jax.process_count()
         check_divisible(self.batch_size, process_count, "data.batch_size")
         local = np.split(indices, process_count)[jax.process_index()]
-        return self.split.batch(local)
+        return {**self.split.batch(local), "index": local.astype(np.int32)}
 
     def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
         step = start_step

@@ -3,14 +3,22 @@
 A method is a composition of pure loss terms. The generic train step only calls:
 
 * ``method.policy(config)`` — the student's :class:`~jaxquant.quant.QuantPolicy`;
-* ``method.needs_teacher`` — whether the frozen FP model of ``config.init_from`` is needed;
-* ``method.init_extra(ctx, variables)`` — method-owned state kept in ``TrainState.extra``
-  (an FP teacher's variables, an EMA teacher, ...), checkpointed with the rest;
+* ``method.uses_teacher(config)`` — whether the frozen FP model of ``config.init_from`` is
+  needed (``needs_teacher`` unless a method decides per config);
+* ``method.extra_params(ctx)`` — trainable leaves the method owns (e.g. MoE gate logits),
+  added as top-level entries of ``params`` next to the model's;
+* ``method.init_extra(ctx, variables, teacher_variables)`` — method-owned state kept in
+  ``TrainState.extra`` (an FP teacher's variables, an EMA teacher, ...), checkpointed;
 * ``method.loss_fn(ctx)`` → ``loss_fn(params, state, batch, rng) -> (loss, aux)`` where
   ``aux = {'model_state': ..., 'metrics': {...}}``;
 * ``method.grads(ctx, loss_fn, params, state, batch, rng)`` — defaults to
   ``jax.value_and_grad``; SAM-like methods override it;
 * ``method.update_extra(ctx, state)`` — after the optimiser step (EMA updates).
+
+A method's own fields live in ``config.method`` next to ``name``; ``Method.defaults`` lists
+them with their defaults, ``method.options(config)`` reads them (defaults filled in where the
+config lacks a field) and ``method.default_config()`` is the block an experiment config
+starts from.
 
 Adding a method means adding one file in this package that calls :func:`register_method`.
 """
@@ -19,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import ml_collections
 
+from jaxquant.defaults import get_config
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, Any]]]
@@ -37,6 +46,7 @@ class MethodContext:
     config: ml_collections.ConfigDict
     model: nn.Module
     teacher_model: nn.Module | None = None
+    total_steps: int = 0
 
 
 def policy_from_config(config: ml_collections.ConfigDict, **overrides) -> QuantPolicy:
@@ -61,12 +71,34 @@ class Method:
 
     name: str = ""
     needs_teacher: bool = False
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def default_config(self) -> ml_collections.ConfigDict:
+        """``config.method`` for this method: the shared block of :mod:`jaxquant.defaults`
+        with ``name`` set and this method's own ``defaults`` added."""
+        block = get_config().method
+        block.name = self.name
+        block.update(self.defaults)
+        return block
+
+    def options(self, config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+        """This method's own fields: ``defaults`` overridden by what ``config.method`` sets."""
+        given = {k: config.method[k] for k in self.defaults if k in config.method}
+        return ml_collections.FrozenConfigDict({**self.defaults, **given})
+
+    def uses_teacher(self, config: ml_collections.ConfigDict) -> bool:
+        """Whether this run needs the frozen FP teacher built from ``config.init_from``."""
+        return self.needs_teacher
 
     def policy(self, config: ml_collections.ConfigDict) -> QuantPolicy:
         return FULL_PRECISION
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         """Raise a one-line error for a bad value of one of this method's fields."""
+
+    def extra_params(self, ctx: MethodContext) -> dict[str, Any]:
+        """Trainable top-level ``params`` entries owned by the method (none by default)."""
+        return {}
 
     def init_extra(self, ctx: MethodContext, variables: dict[str, Any], teacher_variables) -> Any:
         return {}

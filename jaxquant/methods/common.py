@@ -1,4 +1,5 @@
-"""Pieces that several methods share: the forward pass and the classification loss."""
+"""Pieces that several methods share: the forward pass, the classification loss, feature
+taps and teachers (frozen FP or EMA)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+from flax import traverse_util
 
 from jaxquant.data.augment import random_crop_flip
+from jaxquant.methods.base import Method
 from jaxquant.objectives.classification import accuracy, cross_entropy
 from jaxquant.quant.gaussian_noise import NOISE_STATS
+from jaxquant.train.ema import ema_update
 
 
 def forward(
@@ -44,17 +48,94 @@ def augment(config: ml_collections.ConfigDict, rng: jax.Array, images: jax.Array
     return random_crop_flip(rng, images, config.data.crop_padding, config.data.flip)
 
 
+def student_forward(ctx, params, state, images: jax.Array, rng: jax.Array, taps: bool = False):
+    """Augment ``images`` and run the student in training mode (``rng`` feeds both the
+    augmentation and the ``'noise'`` stream). Returns ``(images, logits, model_state, taps)``."""
+    aug_rng, noise_rng = jax.random.split(rng)
+    images = augment(ctx.config, aug_rng, images)
+    logits, model_state, intermediates = forward(
+        ctx.model, params, state.model_state, images, train=True, rng=noise_rng, taps=taps
+    )
+    return images, logits, model_state, intermediates
+
+
 def supervised_loss_fn(ctx):
     """``CE(model(aug(x)), y)``: plain supervised training of the (quantized) model."""
 
     def loss_fn(params, state, batch, rng):
-        aug_rng, noise_rng = jax.random.split(rng)
-        images = augment(ctx.config, aug_rng, batch["image"])
-        logits, model_state, _ = forward(
-            ctx.model, params, state.model_state, images, train=True, rng=noise_rng
-        )
+        _, logits, model_state, _ = student_forward(ctx, params, state, batch["image"], rng)
         ce = cross_entropy(logits, batch["label"])
         metrics = {"ce": ce, "accuracy": accuracy(logits, batch["label"])}
         return ce, {"model_state": model_state, "metrics": metrics}
 
     return loss_fn
+
+
+def conv_outputs(intermediates) -> list[jax.Array]:
+    """The ``conv_out`` tap of every ``QConv``, ordered by module path (same order for a
+    student and a teacher of the same architecture)."""
+    flat = traverse_util.flatten_dict(intermediates)
+    return [flat[path][0] for path in sorted(flat) if path[-1] == "conv_out"]
+
+
+def penultimate_features(intermediates) -> jax.Array:
+    """The ``features`` tap of the model: the input of its classifier."""
+    return intermediates["features"][0]
+
+
+def split_model_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(params, other collections)`` of a variables dict."""
+    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def teacher_forward(model: nn.Module, variables: dict[str, Any], images: jax.Array, taps: bool = False):
+    """A frozen teacher: eval mode (BatchNorm running statistics, no quantizer calibration,
+    no perturbation), outputs under stop-gradient. Returns ``(logits, intermediates)``."""
+    params, state = split_model_variables(variables)
+    logits, _, intermediates = forward(model, params, state, images, train=False, taps=taps)
+    return jax.lax.stop_gradient((logits, intermediates))
+
+
+def ema_teacher_init(variables: dict[str, Any]) -> dict[str, Any]:
+    """An EMA teacher starts as a copy of the (calibrated) student's variables."""
+    return jax.tree_util.tree_map(jax.numpy.array, dict(variables))
+
+
+def ema_teacher_update(teacher: dict[str, Any], params, model_state: dict[str, Any], decay: float):
+    """``θ_T ← α·θ_T + (1 − α)·θ_S`` over the teacher's params (weights and quantizer steps)
+    and BatchNorm statistics; fixed quantizer state (zero points) is copied."""
+    student = {"params": {k: params[k] for k in teacher["params"]}}
+    if "batch_stats" in teacher:
+        student["batch_stats"] = model_state["batch_stats"]
+    updated = ema_update({k: teacher[k] for k in student}, student, decay)
+    return {**teacher, **updated}
+
+
+class TeacherMethod(Method):
+    """A method with a teacher in ``TrainState.extra['teacher']``: the frozen FP model of
+    ``config.init_from`` (never updated), or, where :meth:`ema_teacher` says so, an EMA of
+    the student updated after every step with decay ``method.ema_decay``."""
+
+    needs_teacher = True
+
+    def ema_teacher(self, config: ml_collections.ConfigDict) -> bool:
+        return False
+
+    def uses_teacher(self, config):
+        return not self.ema_teacher(config)
+
+    def teacher_model(self, ctx) -> nn.Module:
+        """The student's (quantized) model for an EMA teacher, else the FP model."""
+        return ctx.model if self.ema_teacher(ctx.config) else ctx.teacher_model
+
+    def init_extra(self, ctx, variables, teacher_variables):
+        if self.ema_teacher(ctx.config):
+            return {"teacher": ema_teacher_init(variables)}
+        return {"teacher": teacher_variables}
+
+    def update_extra(self, ctx, state):
+        if not self.ema_teacher(ctx.config):
+            return state.extra
+        decay = self.options(ctx.config).ema_decay
+        teacher = ema_teacher_update(state.extra["teacher"], state.params, state.model_state, decay)
+        return {**state.extra, "teacher": teacher}

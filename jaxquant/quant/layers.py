@@ -118,12 +118,20 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
 
 
 class _QuantizedLayer(nn.Module):
-    """Shared part of :class:`QConv` and :class:`QDense`: quantize input and weight."""
+    """Shared part of :class:`QConv` and :class:`QDense`: quantize input and weight.
+
+    A perturbation with ``position == 'before_quant'`` perturbs the input before its
+    quantizer (reading the step from a first call of the same quantizer); otherwise after.
+    """
 
     def quantize_input(self, x: jax.Array, quant: LayerQuant, train: bool) -> jax.Array:
         step = None
         if quant.input is not None:
-            x, step = Quantizer(quant.input, is_activation=True, name="input_quant")(x)
+            quantizer = Quantizer(quant.input, is_activation=True, name="input_quant")
+            if getattr(quant.perturbation, "position", "after_quant") == "before_quant":
+                _, step = quantizer(x)
+                return quantizer(quant.perturbation.perturb_input(self, x, step, train))[0]
+            x, step = quantizer(x)
         if quant.perturbation is not None:
             x = quant.perturbation.perturb_input(self, x, step, train)
         return x

@@ -67,7 +67,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     model_kwargs = dict(config.model.get("kwargs", {}))
     model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
     teacher = None
-    if method.needs_teacher:
+    if method.uses_teacher(config):
         if not config.init_from:
             raise ValueError(
                 f"method {method.name!r} needs an FP teacher: set --config.init_from to an FP run"
@@ -156,6 +156,7 @@ def create_train_state(run: Run, total_steps: int):
         images = parallel.place_global_batch({"image": images}, run.mesh)["image"]
         variables = calibrate(run.ctx.model, run.place_state(variables), images)
     params, model_state = split_variables(variables)
+    params = {**params, **run.method.extra_params(run.ctx)}
     tx, _ = create_optimizer(config.optim, total_steps)
     extra = run.method.init_extra(run.ctx, variables, teacher_variables)
     state = TrainState(
@@ -171,7 +172,7 @@ def create_train_state(run: Run, total_steps: int):
 
 def make_train_step(run: Run, total_steps: int, state_sharding=None):
     """The jitted ``train_step(state, batch) -> (state, metrics)``; method-agnostic."""
-    method, ctx = run.method, run.ctx
+    method, ctx = run.method, dataclasses.replace(run.ctx, total_steps=total_steps)
     tx, schedule = create_optimizer(run.config.optim, total_steps)
     loss_fn = method.loss_fn(ctx)
 
