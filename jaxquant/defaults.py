@@ -9,9 +9,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "run"
-    config.mode = "train"  # train | pipeline (more modes register in jaxquant.main)
+    config.mode = "train"  # train | pipeline | ptq | analyse (more modes register in jaxquant.modes)
     config.seed = 0
     config.init_from = ""  # FP run (workdir or checkpoints folder) that QAT starts from
+    config.checkpoints = ""  # mode=analyse: comma-separated workdirs of trained runs
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
@@ -38,6 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.quant.grad_scale = True
     config.quant.calibration_images = 100
 
+    # Post-training quantization (mode = 'ptq', methods brief §5) of the FP run in init_from.
+    config.ptq = ml_collections.ConfigDict()
+    config.ptq.bits = "8,6,4,3"  # each b: WbAb; or "w4a8"
+    config.ptq.observer = "minmax"  # minmax | percentile | mse
+    config.ptq.percentile = 99.99  # percentile observer: clip above the p-th percentile (in %)
+    config.ptq.mse_grid = 100  # mse observer: clip ratios 1/G, 2/G, ..., 1
+    config.ptq.calibration_images = 256
+
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
     # Baselines (methods brief §1).
@@ -63,6 +72,27 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 0  # 0: only at the end
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
+
+    # Flatness measurements (jaxquant/curvature): mode=analyse and the training probe.
+    config.curvature = ml_collections.ConfigDict()
+    config.curvature.every_steps = 0  # training: Hutchinson probe every N steps (0 = off)
+    config.curvature.num_probes = 10  # Hutchinson probes (analyse: the most it uses)
+    config.curvature.chunk_size = 0  # probes per compiled chunk (0: 10 in a scan; 1 on CPU, jax#12868)
+    config.curvature.tol = 1e-3  # analyse: stop once the running trace changes less (relative)
+    config.curvature.split = "train"  # train | test: where the fixed batches come from
+    config.curvature.batch_size = 128
+    config.curvature.num_batches = 1
+    config.curvature.seed = 0  # fixes the batches, the probe vectors and the directions
+    config.curvature.params = "all"  # all | steps (quantizer steps) | comma-separated layer paths
+    config.curvature.top_k = 5
+    config.curvature.lanczos_iterations = 64
+    config.curvature.density_runs = 4
+    config.curvature.density_grid_points = 512
+    config.curvature.density_sigma_fraction = 0.01  # Gaussian width / spectral range
+    config.curvature.landscape_points = 25  # 1D slice: points in [-radius, radius]
+    config.curvature.landscape_2d_points = 13  # 2D slice: points per axis
+    config.curvature.landscape_radius = 1.0
+    config.curvature.line_margin = 0.25  # checkpoint line: alpha in [-margin, 1 + margin]
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # -1: all devices that mesh.model leaves

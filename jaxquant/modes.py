@@ -21,7 +21,9 @@ def register_mode(name: str):
 
 def run_mode(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run ``config.mode`` in ``workdir``; an unknown mode is a one-line error."""
+    import jaxquant.analyse  # noqa: F401 - registers mode 'analyse'
     import jaxquant.pipeline  # noqa: F401 - registers the built-in modes
+    import jaxquant.ptq  # noqa: F401
     import jaxquant.train.loop as loop
 
     MODES.setdefault("train", loop.train_and_evaluate)

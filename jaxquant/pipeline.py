@@ -4,6 +4,11 @@
 ``init_from`` of ``"stage:<other>"`` points to that earlier stage's workdir. Each stage
 runs in ``<workdir>/<name>`` and resumes there, so a killed pipeline continues where it
 stopped and finished stages are only re-evaluated.
+
+A stage runs ``mode = 'train'`` unless it sets another ``mode``, e.g. ``'ptq'`` to quantize
+an earlier stage (``init_from = "stage:<name>"``). A stage whose summary has ``rows`` (PTQ:
+one per bit setting) adds those rows to the table; summaries with a ``comparison`` row are
+also printed side by side in a second table (accuracy by bits, saved as ``comparison.json``).
 """
 
 from __future__ import annotations
@@ -99,15 +104,24 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     """Run every stage of ``config.stages`` in order; print and save the results table."""
     if not config.get("stages"):
         raise ValueError("mode='pipeline' needs config.stages (name → overrides)")
-    results = []
+    results, comparisons = [], []
     for name in stage_order(config):
         stage = stage_config(config, name, workdir)
         print(f"=== stage {name}: method={stage.method.name} mode={stage.mode}", flush=True)
         summary = run_mode(stage, os.path.join(workdir, name))
-        results.append({"stage": name, **summary})
+        results += [{"stage": name, **row} for row in summary.get("rows", [summary])]
+        if "comparison" in summary:
+            comparisons.append({"stage": name, **summary["comparison"]})
     columns = ["stage", "method", "w_bits", "a_bits", "steps", "test_accuracy"]
     table = format_table(results, columns)
     print("\n" + table)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    if comparisons:
+        compare_columns = list(dict.fromkeys(key for row in comparisons for key in row))
+        comparison_table = format_table(comparisons, compare_columns)
+        print("\n" + comparison_table)
+        table += "\n\n" + comparison_table
+        with open(os.path.join(workdir, "comparison.json"), "w") as f:
+            json.dump(comparisons, f, indent=2)
     return {"name": config.name, "stages": results, "table": table}

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
-
-from jaxquant.defaults import get_config
-
+# Set before jax is imported; CLI subprocesses inherit them. A per-session persistent
+# compilation cache lets identical train steps (a run and its resume, the two halves of a
+# killed CLI run) compile once.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxquant_tests_jit_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+import pytest  # noqa: E402
+
+from jaxquant.defaults import get_config  # noqa: E402
 
 
 def tiny_config(**overrides):

@@ -260,23 +260,27 @@ def test_tfds_dataset_is_read_through_data_source(tiny_tfds_dir):
     np.testing.assert_array_equal(batch["label"], labels[written])
 
 
-def test_tfds_training_run_end_to_end(tiny_tfds_dir, tmp_path):
+def test_tfds_dataset_feeds_the_training_pipeline(tiny_tfds_dir):
+    """build_run on a TFDS config, then grain batches and calibration images from it."""
     from conftest import tiny_config
 
-    from jaxquant.train.loop import train_and_evaluate
+    from jaxquant.train.loop import build_run
 
     config = tiny_config(
         data__source="tfds",
         data__name="jaxquant_tiny_images",
         data__data_dir=tiny_tfds_dir[0],
-        data__batch_size=8,
-        data__eval_batch_size=8,
-        quant__calibration_images=16,
-        train__num_steps=3,
         method__name="lsq",
     )
-    summary = train_and_evaluate(config, str(tmp_path))
-    assert summary["steps"] == 3 and summary["dataset"] == "jaxquant_tiny_images"
+    run = build_run(config)
+    batches = TrainBatches(run.train_split, 8, seed=0)
+    assert batches.steps_per_epoch == 5
+    batch = batches[3]
+    assert batch["image"].shape == (8, 8, 8, 3) and batch["image"].dtype == np.float32
+    assert set(batch["label"]) <= {0, 1, 2}
+    epoch = np.concatenate([batches.indices(s) for s in range(5)])
+    assert sorted(epoch) == list(range(40))
+    assert calibration_images(run.train_split, 16, seed=0).shape == (16, 8, 8, 3)
 
 
 @pytest.mark.parametrize("prepare", ["missing", "empty_folder"])

@@ -73,7 +73,8 @@ def test_unknown_role_is_an_error():
 
 
 def init_layer(layer, x):
-    return layer.init(jax.random.PRNGKey(0), x)
+    """The variables' shapes (abstract init: nothing is compiled)."""
+    return jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), x))
 
 
 @pytest.mark.parametrize(("granularity", "expected"), [("channel", (1, 1, 1, 8)), ("tensor", ())])
@@ -120,7 +121,7 @@ def test_calibrate_sets_steps_from_data():
     min/max of what the layer sees; the first layer at 8 bits, the middle one at w_bits/a_bits."""
     model = create_model("small_cnn", 10, QuantPolicy(w_bits=3, a_bits=2), widths=(4, 6))
     images = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, (16, 8, 8, 1)), jnp.float32)
-    init = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))
+    init = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))
     calibrated = calibrate(model, init, images)
     params, state = calibrated["params"], calibrated["quant_state"]
 
@@ -148,21 +149,10 @@ def test_calibrate_sets_steps_from_data():
     assert float(state["conv0"]["input_quant"]["zero_point"]) == np.round(-lo / first_step)
     # the middle conv sees relu(bn(conv0 output)) (BN at its initial running statistics):
     # z = 0 and s = max/(2^a − 1)
-    _, taps = model.apply(calibrated, images, mutable=["intermediates"])
+    _, taps = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(calibrated, images)
     seen = np.maximum(np.asarray(taps["intermediates"]["conv0"]["conv_out"][0]) / np.sqrt(1 + 1e-5), 0.0)
     assert float(state["conv1"]["input_quant"]["zero_point"]) == 0.0
     np.testing.assert_allclose(params["conv1"]["input_quant"]["step"], seen.max() / 3, rtol=1e-4)
-
-    # calibrating on other data gives other activation steps, the same weight steps
-    recalibrated = calibrate(model, init, images * 3.0)
-    np.testing.assert_allclose(
-        recalibrated["params"]["conv0"]["input_quant"]["step"],
-        expected_minmax_step(3.0 * np.asarray(images), None, 8),
-        rtol=1e-5,
-    )
-    np.testing.assert_allclose(
-        recalibrated["params"]["conv1"]["weight_quant"]["step"], params["conv1"]["weight_quant"]["step"]
-    )
 
 
 def quantizer_bits(model, image_shape):

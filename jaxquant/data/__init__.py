@@ -1,7 +1,7 @@
 """Datasets (local offline sources and TFDS), resumable batching, augmentation."""
 
 from jaxquant.data.augment import random_crop_flip
-from jaxquant.data.pipeline import TrainBatches, calibration_images, eval_batches
+from jaxquant.data.pipeline import TrainBatches, calibration_images, eval_batches, fixed_batches
 from jaxquant.data.sources import DatasetNotFoundError, Split, load_splits
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "TrainBatches",
     "calibration_images",
     "eval_batches",
+    "fixed_batches",
     "load_splits",
     "random_crop_flip",
 ]

@@ -77,3 +77,17 @@ def calibration_images(split: Split, num_images: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     indices = rng.choice(len(split), size=min(num_images, len(split)), replace=False)
     return split.batch(np.sort(indices))["image"]
+
+
+def fixed_batches(split: Split, batch_size: int, num_batches: int, seed: int) -> dict[str, np.ndarray]:
+    """``num_batches`` batches of distinct images drawn once with ``seed``, stacked on a leading
+    axis (``image`` ``[K, B, H, W, C]``): the fixed data of curvature measurements."""
+    total = batch_size * num_batches
+    if batch_size < 1 or num_batches < 1 or total > len(split):
+        raise ValueError(
+            f"curvature.batch_size={batch_size} × curvature.num_batches={num_batches} must be "
+            f"positive and at most the {len(split)} images of {split.name}"
+        )
+    indices = np.sort(np.random.default_rng(seed).choice(len(split), size=total, replace=False))
+    batch = split.batch(indices)
+    return {k: v.reshape(num_batches, batch_size, *v.shape[1:]) for k, v in batch.items()}

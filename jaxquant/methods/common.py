@@ -13,6 +13,7 @@ from flax import traverse_util
 from jaxquant.data.augment import random_crop_flip
 from jaxquant.methods.base import Method
 from jaxquant.objectives.classification import accuracy, cross_entropy
+from jaxquant.quant.gaussian_noise import NOISE_STATS
 from jaxquant.train.ema import ema_update
 
 
@@ -27,11 +28,12 @@ def forward(
 ):
     """Apply ``model``; return ``(logits, new_model_state, intermediates)``.
 
-    In training mode BatchNorm uses and updates batch statistics; ``taps=True`` collects the
-    sown feature taps (``conv_out`` per conv, ``features`` before the head).
+    In training mode BatchNorm uses and updates batch statistics, and perturbations update
+    their running statistics (``noise_stats``); ``taps=True`` collects the sown feature taps
+    (``conv_out`` per conv, ``features`` before the head).
     """
     variables = {"params": params, **model_state}
-    mutable = ["batch_stats"] if train else []
+    mutable = ["batch_stats", NOISE_STATS] if train else []
     if taps:
         mutable.append("intermediates")
     rngs = {"noise": rng} if rng is not None else {}

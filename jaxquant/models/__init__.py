@@ -9,6 +9,7 @@ import flax.linen as nn
 from jaxquant.models.mobilenet import MobileNetV1, MobileNetV2
 from jaxquant.models.resnet import resnet18, resnet20, resnet50
 from jaxquant.models.small_cnn import SmallCNN
+from jaxquant.models.vit import vit_micro, vit_small, vit_tiny
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -18,6 +19,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
+    "vit_micro": vit_micro,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "deit_tiny": vit_tiny,
+    "deit_small": vit_small,
 }
 
 

@@ -67,7 +67,15 @@ def calibrated_step_and_zero_point(spec: QuantizerSpec, x: jax.Array) -> tuple[j
         step = qz.lsq_init_step(x, rng.q_max, spec.channel_axis)
         zero = jnp.zeros_like(step) if spec.signed else jnp.full_like(step, rng.q_min)
         return step.reshape(shape), zero.reshape(shape)
-    lo, hi = get_observer(spec.observer)(x, spec.channel_axis, **dict(spec.observer_options))
+    observer = get_observer(spec.observer)
+    lo, hi = observer(
+        x,
+        spec.channel_axis,
+        bits=spec.bits,
+        signed=spec.signed,
+        symmetric=spec.symmetric,
+        **dict(spec.observer_options),
+    )
     step, zero = qz.minmax_step_and_zero_point(lo, hi, spec.bits, spec.signed, spec.symmetric)
     return step.reshape(shape), zero.reshape(shape)
 

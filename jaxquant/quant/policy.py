@@ -56,11 +56,25 @@ class LayerQuant:
 
     ``perturbation`` is an optional object with ``perturb_input(module, x, step, train)``
     and ``perturb_weight(module, w, train)`` (FPQ / DNQ noise); it is applied by the layer.
+    A policy whose ``perturbation`` is a :class:`RolePerturbations` gives each role its own.
     """
 
     weight: QuantizerSpec | None = None
     input: QuantizerSpec | None = None
     perturbation: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RolePerturbations:
+    """One perturbation per layer role (``None``: that role is not perturbed)."""
+
+    first: Any = None
+    middle: Any = None
+    last: Any = None
+
+    def for_role(self, role: str) -> Any:
+        check_choice(role, ROLES, "layer role")
+        return getattr(self, role)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +158,28 @@ class QuantPolicy:
                 kind=act_kind,
                 **common,
             )
-        return LayerQuant(weight=weight, input=act, perturbation=self.perturbation)
+        perturbation = self.perturbation
+        if isinstance(perturbation, RolePerturbations):
+            perturbation = perturbation.for_role(role)
+        return LayerQuant(weight=weight, input=act, perturbation=perturbation)
+
+    def tensor_quantizer(self, bits: int, signed: bool) -> QuantizerSpec | None:
+        """A per-tensor activation quantizer at ``bits`` (e.g. a ViT's LayerNorm input or
+        attention probabilities) with this policy's kind, scheme, init and observer;
+        ``None`` when this policy keeps activations in full precision."""
+        if self.a_bits is None:
+            return None
+        symmetric = self.scheme == "symmetric"
+        return QuantizerSpec(
+            bits=bits,
+            signed=symmetric and signed,
+            symmetric=symmetric,
+            kind=self.act_kind,
+            init=self.init,
+            observer=self.observer,
+            observer_options=self.observer_options,
+            grad_scale=self.grad_scale,
+        )
 
 
 FULL_PRECISION = QuantPolicy()

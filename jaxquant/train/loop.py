@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from jaxquant import parallel
+from jaxquant.curvature.monitor import CurvatureMonitor
 from jaxquant.data import TrainBatches, calibration_images, eval_batches, load_splits
 from jaxquant.data.sources import Split
 from jaxquant.methods import MethodContext, get_method
@@ -289,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = checkpointer.restore(state)
         print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
     start_step = int(state.step)
+    curvature_monitor = CurvatureMonitor(run, state.params, metrics)
 
     train_step = make_train_step(run, total_steps, run.state_sharding(state))
     eval_step = make_eval_step(run.ctx.model)
@@ -320,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
+        curvature_monitor.maybe_probe(done, state)
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
             check_finite(jax.device_get(step_metrics), done, checkpointer)
             # this step's loss was computed before its update: check the new parameters too

@@ -1,0 +1,64 @@
+"""DNQ vs plain FP training, then the same PTQ, over several seeds: mean ± std by bits.
+
+    python benchmarks/dnq_vs_fp.py --config configs/dnq_vs_fp_digits.py --seeds 0,1,2 \
+        --workdir runs/dnq_vs_fp_digits_seeds
+
+Runs the comparison pipeline once per seed in ``<workdir>/seed<k>`` (a finished stage
+resumes from its checkpoint, so a rerun only repeats PTQ) and prints one table of test
+accuracy (%) by bit setting, for the FP model before PTQ and after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+from jaxquant.modes import run_mode
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/dnq_vs_fp_digits.py")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--workdir", default="runs/dnq_vs_fp_seeds")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    by_stage: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        config = load_config(args.config)
+        config.seed = seed
+        workdir = os.path.join(args.workdir, f"seed{seed}")
+        run_mode(config, workdir)
+        with open(os.path.join(workdir, "comparison.json")) as f:
+            for row in json.load(f):
+                stage = by_stage.setdefault(row.pop("stage"), {})
+                for column, value in row.items():
+                    stage.setdefault(column, []).append(100 * value)
+    columns = list(next(iter(by_stage.values())))
+    print(f"\ntest accuracy (%), mean ± std over seeds {seeds}")
+    print("stage    " + "  ".join(c.removesuffix("_accuracy").rjust(14) for c in columns))
+    for stage, values in by_stage.items():
+        cells = [f"{np.mean(values[c]):6.2f} ± {np.std(values[c]):5.2f}" for c in columns]
+        print(f"{stage:<9}" + "  ".join(cells))
+    print("\nper seed (DNQ − FP, points):")
+    stages = list(by_stage)
+    if len(stages) == 2:
+        first, second = (by_stage[name] for name in stages)
+        for column in columns:
+            deltas = np.subtract(second[column], first[column])
+            print(f"  {column.removesuffix('_accuracy'):>5}: " + "  ".join(f"{d:+.2f}" for d in deltas))
+
+
+if __name__ == "__main__":
+    main()

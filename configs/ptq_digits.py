@@ -1,0 +1,12 @@
+"""Post-training quantization of a digits run at W8A8, W6A6, W4A4, W3A3:
+``--config.init_from=<fp_digits or dnq_digits workdir>``; ``--config.ptq.observer`` picks
+``minmax`` (default), ``percentile`` or ``mse``."""
+
+from configs import fp_digits
+
+
+def get_config():
+    config = fp_digits.get_config()
+    config.name = "ptq_digits"
+    config.mode = "ptq"
+    return config

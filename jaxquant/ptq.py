@@ -1,0 +1,214 @@
+"""``mode = 'ptq'``: post-training quantization of a full-precision run (methods brief §5).
+
+For each bit setting of ``config.ptq.bits`` (``"8,6,4,3"`` means W8A8, W6A6, W4A4, W3A3;
+an entry ``"w4a8"`` sets weights and activations apart), with no training:
+
+1. build the model with the quantization policy of ``config.quant`` at those bits (first and
+   last layer at ``quant.first_last_bits``) and load the FP weights of ``config.init_from``;
+2. calibrate every step size and zero point on ``ptq.calibration_images`` training images
+   with the observer ``ptq.observer`` (``minmax``, ``percentile`` with ``ptq.percentile``,
+   ``mse`` with ``ptq.mse_grid``), weights per output channel, inputs per tensor;
+3. evaluate on the test split.
+
+Writes ``ptq_report.json`` into the workdir (bits, observer, accuracy, FP accuracy and every
+quantizer's step sizes) and prints one table. The summary it returns carries one row per
+bit setting (``rows``) and an accuracy-by-bits row (``comparison``) for the pipeline table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from jaxquant import parallel
+from jaxquant.data import calibration_images, load_splits
+from jaxquant.methods import policy_from_config
+from jaxquant.models import create_model
+from jaxquant.modes import register_mode
+from jaxquant.pipeline import format_table
+from jaxquant.quant.calibration import calibrate
+from jaxquant.quant.observers import OBSERVERS, check_grid, check_percentile
+from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy, check_choice
+from jaxquant.quant.quantizers import check_bits
+from jaxquant.train.checkpoint import load_raw
+from jaxquant.train.loop import evaluate, init_variables, load_pretrained, make_eval_step, write_config
+from jaxquant.train.metrics import to_python
+
+REPORT_FILE = "ptq_report.json"
+TABLE_COLUMNS = ["bits", "w_bits", "a_bits", "observer", "ptq_accuracy", "fp_accuracy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BitSetting:
+    """Weight and activation bits of one PTQ run."""
+
+    w_bits: int
+    a_bits: int
+
+    @property
+    def label(self) -> str:
+        return f"w{self.w_bits}a{self.a_bits}"
+
+
+def parse_bits(value: Any, field: str = "ptq.bits") -> list[BitSetting]:
+    """``"8,6,4,3"`` → W8A8, W6A6, W4A4, W3A3; ``"w4a8"`` → W4A8; each bit width in 1..16."""
+    items = [value] if isinstance(value, int) else value
+    if isinstance(items, str):
+        items = [item for item in items.replace(" ", "").split(",") if item]
+    settings = []
+    for item in items:
+        text = str(item).lower()
+        match = re.fullmatch(r"(-?\d+)|w(-?\d+)a(-?\d+)", text)
+        if match is None:
+            raise ValueError(f"{field}={value!r}: entry {item!r} is neither a bit width nor 'w<b>a<b>'")
+        both, w_bits, a_bits = match.groups()
+        w_bits, a_bits = (int(both), int(both)) if both is not None else (int(w_bits), int(a_bits))
+        settings.append(BitSetting(check_bits(w_bits, field), check_bits(a_bits, field)))
+    if not settings:
+        raise ValueError(f"{field}={value!r} is empty: give bit widths such as '8,6,4,3'")
+    return settings
+
+
+def observer_options(ptq: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+    """The options of ``ptq.observer`` from the ``ptq`` block, validated."""
+    observer = check_choice(ptq.observer, sorted(OBSERVERS), "ptq.observer")
+    if observer == "percentile":
+        return (("percentile", check_percentile(ptq.percentile, "ptq.percentile")),)
+    if observer == "mse":
+        return (("grid", check_grid(ptq.mse_grid, "ptq.mse_grid")),)
+    return ()
+
+
+def ptq_policy(config: ml_collections.ConfigDict, setting: BitSetting) -> QuantPolicy:
+    """``config.quant``'s policy at ``setting``, calibrated by min/max-style observers."""
+    return policy_from_config(
+        config,
+        w_bits=setting.w_bits,
+        a_bits=setting.a_bits,
+        init="minmax",
+        observer=config.ptq.observer,
+        observer_options=observer_options(config.ptq),
+    )
+
+
+def step_sizes(params) -> dict[str, Any]:
+    """``{quantizer path: step}`` for every quantizer in ``params`` (per channel: a flat list)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {
+        path[: -len("/step")]: to_python(np.ravel(value)) if np.size(value) > 1 else float(value)
+        for path, value in flat.items()
+        if path.endswith("/step")
+    }
+
+
+def check_ptq_config(config: ml_collections.ConfigDict) -> list[BitSetting]:
+    if not config.init_from:
+        raise ValueError("mode='ptq' needs --config.init_from: the FP run (workdir or checkpoints folder)")
+    settings = parse_bits(config.ptq.bits)
+    observer_options(config.ptq)
+    if config.ptq.calibration_images < 1:
+        raise ValueError(f"ptq.calibration_images={config.ptq.calibration_images!r} must be >= 1")
+    return settings
+
+
+@register_mode("ptq")
+def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Quantize ``config.init_from`` at every bit setting; report and return the results."""
+    settings = check_ptq_config(config)
+    source_step, _ = load_raw(config.init_from)
+    train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
+    mesh = parallel.create_mesh(config.get("mesh"))
+    parallel.check_divisible_over_mesh(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    write_config(config, workdir)
+    model_kwargs = dict(config.model.get("kwargs", {}))
+    rng = jax.random.PRNGKey(config.seed)
+    images = calibration_images(train_split, config.ptq.calibration_images, config.seed)
+
+    def build_and_evaluate(policy: QuantPolicy, calibrated: bool):
+        model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
+        variables = load_pretrained(config.init_from, init_variables(model, train_split.image_shape, rng))
+        if calibrated:
+            variables = calibrate(model, variables, images)
+        variables = parallel.replicate(dict(variables), mesh)
+        params = variables.pop("params")
+        result = evaluate(
+            make_eval_step(model), params, variables, test_split, config.data.eval_batch_size, mesh
+        )
+        return result, params
+
+    fp_result, _ = build_and_evaluate(FULL_PRECISION, calibrated=False)
+    rows, results = [], []
+    for setting in settings:
+        result, params = build_and_evaluate(ptq_policy(config, setting), calibrated=True)
+        row = {
+            "bits": setting.label,
+            "w_bits": setting.w_bits,
+            "a_bits": setting.a_bits,
+            "observer": config.ptq.observer,
+            "ptq_accuracy": float(result["accuracy"]),
+            "fp_accuracy": float(fp_result["accuracy"]),
+        }
+        rows.append(row)
+        results.append({**row, "ptq_loss": float(result["loss"]), "step_sizes": step_sizes(params)})
+        print(
+            f"[{config.name}] PTQ {setting.label} ({config.ptq.observer}): "
+            f"accuracy {result['accuracy']:.4f} (FP {fp_result['accuracy']:.4f})",
+            flush=True,
+        )
+
+    table = format_table(rows, TABLE_COLUMNS)
+    print("\n" + table)
+    report = {
+        "name": config.name,
+        "checkpoint": os.path.abspath(config.init_from),
+        "checkpoint_step": int(source_step),
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "observer": config.ptq.observer,
+        "observer_options": dict(observer_options(config.ptq)),
+        "calibration_images": int(len(images)),
+        "first_last_bits": config.quant.first_last_bits,
+        "fp_accuracy": float(fp_result["accuracy"]),
+        "fp_loss": float(fp_result["loss"]),
+        "results": results,
+    }
+    with open(os.path.join(workdir, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=2)
+    method = f"ptq:{config.ptq.observer}"
+    return {
+        "name": config.name,
+        "method": method,
+        "fp_accuracy": report["fp_accuracy"],
+        "table": table,
+        "rows": [
+            {
+                "method": method,
+                "w_bits": row["w_bits"],
+                "a_bits": row["a_bits"],
+                "steps": int(source_step),
+                "test_accuracy": row["ptq_accuracy"],
+            }
+            for row in rows
+        ],
+        "comparison": {
+            "fp_accuracy": report["fp_accuracy"],
+            **{f"{row['bits']}_accuracy": row["ptq_accuracy"] for row in rows},
+        },
+    }
+
+
+def read_report(workdir: str) -> dict[str, Any]:
+    """The ``ptq_report.json`` of a PTQ run's workdir."""
+    with open(os.path.join(workdir, REPORT_FILE)) as f:
+        return json.load(f)
+
+
+__all__ = ["BitSetting", "parse_bits", "read_report", "run_ptq", "step_sizes"]
