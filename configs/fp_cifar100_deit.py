@@ -8,6 +8,8 @@ ViT with ``--config.model.name=vit_tiny`` or a bigger model with ``deit_small``.
 Needs a prepared TFDS ``cifar100`` under ``--config.data.data_dir``.
 """
 
+import os
+
 from jaxquant.defaults import get_config as base_config
 
 
@@ -16,6 +18,7 @@ def get_config():
     config.name = "fp_cifar100_deit"
     config.method.name = "fp"
     config.data.source = "tfds"
+    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
     config.data.name = "cifar100"
     config.data.batch_size = 256
     config.data.crop_padding = 4

@@ -8,6 +8,8 @@ Needs a prepared TFDS ``imagenet2012`` whose images are resized to 224×224: the
 reads fixed-shape images only, so ImageNet needs a resizing source that is not built yet.
 """
 
+import os
+
 from jaxquant.defaults import get_config as base_config
 
 STEPS_PER_EPOCH = 1_281_167 // 512
@@ -18,6 +20,7 @@ def get_config():
     config.name = "fp_imagenet_deit"
     config.method.name = "fp"
     config.data.source = "tfds"
+    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
     config.data.name = "imagenet2012"
     config.data.batch_size = 512
     config.data.flip = True

@@ -19,6 +19,8 @@ CONFIG_FILES = sorted(
     if os.path.basename(path) not in ("__init__.py", "common.py")
 )
 
+FP_TRAINING = ("fp", "dnq")  # methods that train without quantizers
+
 
 def load_config(path):
     """What ``--config=<path>`` does: import the file and call ``get_config()``."""
@@ -56,7 +58,7 @@ def test_config_loads_and_builds(path, tmp_path, monkeypatch, request):
             pytest.skip("dataset-fashion-mnist is not installed")
         run = build_run(run_config)
         assert run.method.name == run_config.method.name
-        assert run.method.policy(run_config).quantizes == (run_config.method.name != "fp")
+        assert run.method.policy(run_config).quantizes == (run_config.method.name not in FP_TRAINING)
 
 
 def test_the_experiment_configs_exist():
