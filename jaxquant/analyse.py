@@ -7,7 +7,7 @@ run), in eval mode with the quantizers of a quantized model on:
 
 * Hessian trace ± standard error, and per layer (Hutchinson);
 * top-k eigenvalues (Lanczos);
-* spectral density (stochastic Lanczos quadrature) on a grid;
+* spectral density (stochastic Lanczos quadrature) on a grid shared by all runs;
 * 1D and 2D loss slices along random filter-normalised directions;
 * with two or more runs: the loss along the line from the first run to each other one,
   evaluated with the other run's model (see :func:`jaxquant.curvature.checkpoint_line`).
@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxquant import curvature
 from jaxquant.curvature import plots
+from jaxquant.curvature.density import gaussian_density
 from jaxquant.curvature.landscape import losses_at
 from jaxquant.curvature.monitor import curvature_split
 from jaxquant.data import fixed_batches
@@ -161,6 +162,19 @@ def interpolation_line(start: TrainedRun, end: TrainedRun, batches, settings) ->
     return {"from": start.name, "to": end.name, "alphas": alphas.tolist(), "losses": losses.tolist()}
 
 
+def share_density_grid(reports: list[dict[str, Any]], settings) -> None:
+    """Re-broaden every run's SLQ quadrature on one grid with one ``σ`` (a fraction of the
+    spectral range of all runs together), so that the densities compare point by point."""
+    nodes = [np.asarray(r["density"]["nodes"]) for r in reports]
+    weights = [np.asarray(r["density"]["weights"]) for r in reports]
+    low, high = min(n.min() for n in nodes), max(n.max() for n in nodes)
+    sigma = settings.density_sigma_fraction * (high - low if high > low else max(abs(high), 1.0))
+    grid = np.linspace(low - 6 * sigma, high + 6 * sigma, settings.density_grid_points)
+    for report, run_nodes, run_weights in zip(reports, nodes, weights, strict=True):
+        density = gaussian_density(run_nodes, run_weights, grid, sigma)
+        report["density"].update(grid=grid.tolist(), density=density.tolist(), sigma=sigma)
+
+
 def unique_names(runs: list[TrainedRun]) -> None:
     """Label runs by ``config.name``, falling back to the workdir's name (or whole path)
     when names repeat."""
@@ -232,6 +246,7 @@ def run_analyse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         report = measure_flatness(run.model, run.variables, batches, settings, log=log)
         reports.append({"name": run.name, "workdir": run.workdir, **summary_row(run, report), **report})
         rows.append(summary_row(run, report))
+    share_density_grid(reports, settings)
     ends = zip(runs[1:], all_batches[1:], strict=True)
     lines = [interpolation_line(runs[0], end, batches, settings) for end, batches in ends]
     os.makedirs(workdir, exist_ok=True)
