@@ -18,7 +18,7 @@ test: install
 	$(PYTHON) -m pytest -q
 
 lint: install
-	$(PYTHON) -m ruff check jaxquant configs tests benchmarks
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
 bench: install
 	$(PYTHON) -m benchmarks.train_step
