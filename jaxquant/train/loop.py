@@ -297,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log_every = max(1, config.train.log_every)
     last_time, last_step = time.time(), start_step
     batch_iter = batches.iterate(start_step)
+    final_result = None  # the last step's evaluation; a finished run resumed has none yet
     for step in range(start_step, total_steps):
         batch = parallel.shard_batch(next(batch_iter), run.mesh)
         state, step_metrics = train_step(state, batch)
@@ -322,6 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             metrics.write("eval", done, result)
             print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
+            if is_last:
+                final_result = result
         curvature_monitor.maybe_probe(done, state)
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
             check_finite(jax.device_get(step_metrics), done, checkpointer)
@@ -330,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise non_finite_error("a parameter is NaN or inf", done, checkpointer)
             checkpointer.save(done, state)
 
-    result = evaluate(
+    result = final_result or evaluate(
         eval_step,
         state.params,
         state.model_state,
