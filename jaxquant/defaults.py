@@ -50,10 +50,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
     # Baselines (methods brief §1).
-    config.method.rho = 0.05  # sam: radius of the weight perturbation ρ·g/‖g‖
-    config.method.alpha_decay = 2e-4  # pact: L2 penalty (alpha_decay/2)·Σα² on the clip levels
-    config.method.pact_weight_kind = "dorefa"  # pact: weight quantizer, dorefa (paper) | lsq
-    config.method.first_last_kind = "lsq"  # pact, dorefa: quantizer kind of first/last layer
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"  # sgd | adam | adamw

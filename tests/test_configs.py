@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from jaxquant.data.sources import DEFAULT_FASHION_MNIST_DIR, DatasetNotFoundError
-from jaxquant.methods import get_method
+from jaxquant.methods import METHODS, get_method
 from jaxquant.pipeline import stage_config, stage_order
 from jaxquant.train.loop import build_run
 
@@ -101,3 +101,31 @@ def test_cifar_protocol(method):
     assert (config.data.batch_size, config.train.num_epochs, config.optim.weight_decay) == (256, 200, 5e-4)
     assert config.optim.learning_rate == (0.1 if method == "fp" else 0.01)
     assert importlib.import_module(f"configs.{method}_cifar").get_config().model.name == "resnet18"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_method_block_holds_the_name_and_that_method_s_own_fields_only(name):
+    method = get_method(name)
+    block = method.default_config()
+    assert set(block) == {"name", *method.defaults}
+    assert block.name == name
+    assert dict(method.options(block_config(block))) == dict(method.defaults)
+
+
+def test_a_method_reads_its_fields_with_defaults_filled_in():
+    config = ml_collections.ConfigDict({"method": {"name": "sam", "rho": 0.2}})
+    assert get_method("sam").options(config).rho == 0.2
+    config = ml_collections.ConfigDict({"method": {"name": "pact"}})
+    assert get_method("pact").options(config).first_last_kind == "lsq"
+
+
+def test_dnq_method_config_rejects_a_field_dnq_does_not_have():
+    from jaxquant.methods.dnq import method_config
+
+    assert method_config(p=0.25).p == 0.25
+    with pytest.raises(ValueError, match=r"method\.rho is not a field of dnq"):
+        method_config(rho=0.1)
+
+
+def block_config(block):
+    return ml_collections.ConfigDict({"method": block.to_dict()})

@@ -8,7 +8,7 @@ inputs ``x + N(0, c²·s_x²/12)`` with probability ``p`` (``s_x`` from the runn
 The loss is the plain cross-entropy of the perturbed network. Evaluation and checkpoints use
 the clean weights; afterwards run ``mode = 'ptq'`` on the run's workdir.
 
-Fields (``config.method``; missing ones take :data:`DEFAULTS`):
+Fields (``config.method``; missing ones take ``DNQ.defaults``):
 
 * ``scheme``: ``weight`` | ``activation`` | ``both`` (default) — which noise; the comparisons
   ``sam`` (SAM on the FP network, ``ρ = sam_rho``, BN statistics from the clean pass) and
@@ -24,12 +24,10 @@ exactly as :mod:`jaxquant.ptq` will calibrate them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import ml_collections
 
-from jaxquant.methods.base import Method, policy_from_config, register_method
+from jaxquant.methods.base import METHODS, Method, policy_from_config, register_method
 from jaxquant.methods.common import supervised_loss_fn
 from jaxquant.objectives.noise import sam_weight_perturbation
 from jaxquant.quant.gaussian_noise import GaussianQuantNoise
@@ -37,28 +35,20 @@ from jaxquant.quant.policy import QuantPolicy, RolePerturbations, check_choice
 from jaxquant.quant.quantizers import check_bits
 
 SCHEMES = ("weight", "activation", "both", "sam", "none")
-DEFAULTS: dict[str, Any] = {
-    "scheme": "both",
-    "noise_scale": 1.0,
-    "p": 0.5,
-    "target_bits": 4,
-    "perturb_first_last": True,
-    "range_momentum": 0.9,
-    "sam_rho": 0.05,
-}
 
 
 def method_config(**overrides) -> ml_collections.ConfigDict:
-    """The ``config.method`` block of a DNQ run: ``name='dnq'`` and every field's default."""
-    return ml_collections.ConfigDict({"name": "dnq", **DEFAULTS, **overrides})
+    """The ``config.method`` block of a DNQ run: ``name='dnq'`` and every field's default,
+    then ``overrides`` (each must be a DNQ field)."""
+    block = METHODS["dnq"].default_config()
+    for key, value in overrides.items():
+        if key not in block:
+            raise ValueError(f"method.{key} is not a field of dnq: allowed {sorted(DNQ.defaults)}")
+        block[key] = value
+    return block
 
 
-def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config.method``'s DNQ fields, defaults filled in."""
-    return {key: config.method.get(key, default) for key, default in DEFAULTS.items()}
-
-
-def noise_for_role(config: ml_collections.ConfigDict, fields: dict[str, Any], role: str):
+def noise_for_role(config: ml_collections.ConfigDict, fields, role: str):
     """The perturbation of a layer with ``role``, or ``None`` when it gets no noise."""
     if role != "middle" and not fields["perturb_first_last"]:
         return None
@@ -82,9 +72,18 @@ def noise_for_role(config: ml_collections.ConfigDict, fields: dict[str, Any], ro
 @register_method
 class DNQ(Method):
     name = "dnq"
+    defaults = {
+        "scheme": "both",
+        "noise_scale": 1.0,
+        "p": 0.5,
+        "target_bits": 4,
+        "perturb_first_last": True,
+        "range_momentum": 0.9,
+        "sam_rho": 0.05,
+    }
 
     def validate(self, config):
-        fields = settings(config)
+        fields = self.options(config)
         check_choice(fields["scheme"], SCHEMES, "method.scheme")
         check_bits(fields["target_bits"], "method.target_bits")
         if not 0.0 <= fields["p"] <= 1.0:
@@ -97,7 +96,7 @@ class DNQ(Method):
             )
 
     def policy(self, config):
-        fields = settings(config)
+        fields = self.options(config)
         if fields["scheme"] in ("sam", "none"):
             return QuantPolicy()
         roles = {role: noise_for_role(config, fields, role) for role in ("first", "middle", "last")}
@@ -110,9 +109,10 @@ class DNQ(Method):
         """Plain gradients, or for ``scheme='sam'`` the gradient at ``w + ρ·g/‖g‖`` with the
         loss, metrics and BN statistics of the clean pass."""
         clean = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, rng)
-        if settings(ctx.config)["scheme"] != "sam":
+        fields = self.options(ctx.config)
+        if fields.scheme != "sam":
             return clean
         (loss, aux), grads = clean
-        ascent = sam_weight_perturbation(params, grads, settings(ctx.config)["sam_rho"])
+        ascent = sam_weight_perturbation(params, grads, fields.sam_rho)
         _, sharp_grads = jax.value_and_grad(loss_fn, has_aux=True)(ascent, state, batch, rng)
         return (loss, aux), sharp_grads

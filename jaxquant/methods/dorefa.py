@@ -18,14 +18,14 @@ from jaxquant.methods.pact import check_first_last_kind
 @register_method
 class DoReFa(Method):
     name = "dorefa"
+    defaults = {"first_last_kind": "lsq"}  # quantizer kind of the first and last layer
 
     def validate(self, config):
-        check_first_last_kind(config)
+        check_first_last_kind(self.options(config).first_last_kind)
 
     def policy(self, config):
-        return policy_from_config(
-            config, weight_kind="dorefa", act_kind="dorefa", first_last_kind=config.method.first_last_kind
-        )
+        kind = self.options(config).first_last_kind
+        return policy_from_config(config, weight_kind="dorefa", act_kind="dorefa", first_last_kind=kind)
 
     def loss_fn(self, ctx):
         return supervised_loss_fn(ctx)

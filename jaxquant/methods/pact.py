@@ -34,30 +34,34 @@ def sum_of_squares(params, name: str) -> jax.Array:
     return sum(squares, jnp.zeros(()))
 
 
-def check_first_last_kind(config) -> None:
+def check_first_last_kind(kind: str) -> None:
     """``method.first_last_kind`` must be a registered quantizer kind."""
-    check_choice(config.method.first_last_kind, sorted(QUANTIZER_KINDS), "method.first_last_kind")
+    check_choice(kind, sorted(QUANTIZER_KINDS), "method.first_last_kind")
 
 
 @register_method
 class PACT(Method):
     name = "pact"
+    defaults = {
+        "alpha_decay": 2e-4,  # L2 penalty (alpha_decay/2)·Σα² on the clip levels
+        "pact_weight_kind": "dorefa",  # weight quantizer: dorefa (the paper's) | lsq
+        "first_last_kind": "lsq",  # quantizer kind of the first and last layer
+    }
 
     def validate(self, config):
-        check_choice(config.method.pact_weight_kind, PACT_WEIGHT_KINDS, "method.pact_weight_kind")
-        check_first_last_kind(config)
+        opts = self.options(config)
+        check_choice(opts.pact_weight_kind, PACT_WEIGHT_KINDS, "method.pact_weight_kind")
+        check_first_last_kind(opts.first_last_kind)
 
     def policy(self, config):
+        opts = self.options(config)
         return policy_from_config(
-            config,
-            weight_kind=config.method.pact_weight_kind,
-            act_kind="pact",
-            first_last_kind=config.method.first_last_kind,
+            config, weight_kind=opts.pact_weight_kind, act_kind="pact", first_last_kind=opts.first_last_kind
         )
 
     def loss_fn(self, ctx):
         supervised = supervised_loss_fn(ctx)
-        decay = ctx.config.method.alpha_decay
+        decay = self.options(ctx.config).alpha_decay
 
         def loss_fn(params, state, batch, rng):
             ce, aux = supervised(params, state, batch, rng)

@@ -40,10 +40,12 @@ def sam_gradients(loss_fn, params, state, batch, rng, rho: float):
 @register_method
 class SAM(Method):
     name = "sam"
+    defaults = {"rho": 0.05}  # radius of the weight perturbation ρ·g/‖g‖
 
     def validate(self, config):
-        if not config.method.rho > 0:
-            raise ValueError(f"method.rho={config.method.rho!r} is not allowed: it must be > 0")
+        rho = self.options(config).rho
+        if not rho > 0:
+            raise ValueError(f"method.rho={rho!r} is not allowed: it must be > 0")
 
     def policy(self, config):
         return policy_from_config(config, weight_kind="lsq", act_kind="lsq")
@@ -52,4 +54,4 @@ class SAM(Method):
         return supervised_loss_fn(ctx)
 
     def grads(self, ctx, loss_fn, params, state, batch, rng):
-        return sam_gradients(loss_fn, params, state, batch, rng, ctx.config.method.rho)
+        return sam_gradients(loss_fn, params, state, batch, rng, self.options(ctx.config).rho)
