@@ -97,8 +97,8 @@ class StudySettings:
 SHARED_PRESET = dict(model="small_cnn", widths=(16, 32), qat_learning_rate=0.01, flip=False)
 PRESETS = {
     "fashion_mnist": dict(
-        SHARED_PRESET, batch_size=256, crop_padding=2, fp_epochs=8, fp_learning_rate=0.1, qat_epochs=2,
-        trace=TraceSettings(batch_size=128, num_probes=10, seed=0, every_steps=117, trajectory_probes=10),
+        SHARED_PRESET, batch_size=256, crop_padding=2, fp_epochs=8, fp_learning_rate=0.1, qat_epochs=1,
+        trace=TraceSettings(batch_size=128, num_probes=10, seed=0, every_steps=78, trajectory_probes=10),
     ),
     "digits": dict(
         SHARED_PRESET, batch_size=64, crop_padding=1, fp_epochs=30, fp_learning_rate=0.05, qat_epochs=10,
