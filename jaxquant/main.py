@@ -7,6 +7,7 @@ one-line error and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging as pylogging
 import os
 import sys
@@ -53,15 +54,27 @@ def quiet_library_logs() -> None:
     )
 
 
+@contextlib.contextmanager
+def progress_output(lead: bool):
+    """Progress lines on the lead process only: every process of a multi-host run executes
+    the same loop, so the others' stdout goes to ``os.devnull``; errors still reach stderr."""
+    if lead:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
 def main(argv) -> None:
     del argv
     quiet_library_logs()
     from jaxquant.modes import run_mode
-    from jaxquant.parallel import initialize_distributed
+    from jaxquant.parallel import initialize_distributed, is_lead_process
 
     try:
         initialize_distributed(_CONFIG.value)
-        run_mode(_CONFIG.value, _WORKDIR.value)
+        with progress_output(is_lead_process()):
+            run_mode(_CONFIG.value, _WORKDIR.value)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"jaxquant: error: {message}", file=sys.stderr)

@@ -130,3 +130,15 @@ def test_missing_tfds_dataset_fails_at_once(results):
 def test_fashion_mnist_error_names_the_data_dir_field(results):
     line = results["fashion_mnist_missing"][0].stderr.strip()
     assert "--config.data.data_dir" in line and "apt-get install -y dataset-fashion-mnist" in line
+
+
+def test_only_the_lead_process_prints_progress(capsys):
+    from jaxquant.main import progress_output
+
+    for lead in (True, False):
+        with progress_output(lead):
+            print(f"progress lead={lead}")
+            print(f"error lead={lead}", file=sys.stderr)
+    captured = capsys.readouterr()
+    assert captured.out == "progress lead=True\n"
+    assert captured.err == "error lead=True\nerror lead=False\n"
