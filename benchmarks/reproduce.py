@@ -45,6 +45,11 @@ QAT_METHODS = ("lsq", "pact", "lsq_plus", "kd", "sam", "fpq", "cr", "mec")
 TRAJECTORY_METHODS = ("lsq", "fpq", "cr", "mec")
 BIT_SETTINGS = ((4, 4), (2, 4), (2, 2))
 PTQ_BITS = (8, 6, 4, 3)
+# Claims 1–3 again under other QAT budgets: each variant runs every claim's method and its
+# baseline alike (same seeds, same FP checkpoints), so no method gets more tuning than LSQ.
+SENSITIVITY_METHODS = ("lsq", "fpq", "cr", "mec")
+SENSITIVITY_BITS = ((2, 2),)
+SENSITIVITY_VARIANTS = (("lr 0.003", 0.003, 1), ("lr 0.03", 0.03, 1), ("2x steps", 0.01, 2))
 # Step cost relative to LSQ assumed in the projection until each method is measured (the
 # train-step benchmark's expectations: one extra teacher forward ≈ 1.5, two passes ≈ 2).
 ASSUMED_COST_VS_LSQ = {
@@ -87,6 +92,10 @@ class StudySettings:
     fp_steps: int
     qat_steps: int
     trace: TraceSettings
+    # (label, QAT learning rate, factor on the QAT length) of each sensitivity variant
+    sensitivity_variants: tuple[tuple[str, float, int], ...] = ()
+    sensitivity_methods: tuple[str, ...] = ()
+    sensitivity_bits: tuple[tuple[int, int], ...] = ()
 
     @property
     def name(self) -> str:
@@ -118,10 +127,19 @@ def study_settings(
     if dataset not in PRESETS:
         raise ValueError(f"--dataset={dataset!r} is not allowed: choose one of {sorted(PRESETS)}")
     preset = dict(PRESETS[dataset])
-    fields = dict(seeds=3, bit_settings=BIT_SETTINGS, fp_steps=-1, qat_steps=-1)
+    fields = dict(
+        seeds=3,
+        bit_settings=BIT_SETTINGS,
+        fp_steps=-1,
+        qat_steps=-1,
+        sensitivity_variants=SENSITIVITY_VARIANTS,
+        sensitivity_methods=SENSITIVITY_METHODS,
+        sensitivity_bits=SENSITIVITY_BITS,
+    )
     if quick:
         q = QUICK[dataset]
         fields.update(seeds=q["seeds"], bit_settings=q["bit_settings"], fp_steps=-1, qat_steps=q["qat_steps"])
+        fields.update(sensitivity_variants=(), sensitivity_methods=(), sensitivity_bits=())
         preset["fp_epochs"] = q["fp_epochs"]
         preset["trace"] = dataclasses.replace(preset["trace"], every_steps=q["every_steps"])
     if seeds is not None:
@@ -182,9 +200,31 @@ def fp_training(settings: StudySettings, seed: int, method: str, run_id: str) ->
     return RunSpec(run_id, "train", config, labels, trace=True)
 
 
-def study_grid(settings: StudySettings) -> list[RunSpec]:
-    """The runs of the study in execution order (a run's parent comes before it)."""
+def sensitivity_runs(settings: StudySettings, seed: int, fp_id: str) -> list[RunSpec]:
+    """The QAT runs of every sensitivity variant for one seed, from that seed's FP run; their
+    group is ``sensitivity:<label>`` and their only change is the QAT learning rate and length."""
     specs = []
+    for label, learning_rate, length_factor in settings.sensitivity_variants:
+        slug = label.replace(" ", "")
+        for w_bits, a_bits in settings.sensitivity_bits:
+            bits = bits_label(w_bits, a_bits)
+            for method in settings.sensitivity_methods:
+                config = training_config(settings, seed, method, True, w_bits, a_bits)
+                config.optim.learning_rate = learning_rate
+                config.train.num_epochs = settings.qat_epochs * length_factor
+                if settings.qat_steps > 0:
+                    config.train.num_steps = settings.qat_steps * length_factor
+                group = f"sensitivity:{label}"
+                labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
+                run_id = f"seed{seed}/sens_{slug}_{method}_{bits.lower()}"
+                specs.append(RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True))
+    return specs
+
+
+def study_grid(settings: StudySettings) -> list[RunSpec]:
+    """The runs of the study in execution order (a run's parent comes before it); the
+    sensitivity runs of every seed come last, after the whole main grid."""
+    specs, sensitivity = [], []
     for seed in range(settings.seeds):
         fp_id, dnq_id = f"seed{seed}/fp", f"seed{seed}/dnq"
         specs.append(fp_training(settings, seed, "fp", fp_id))
@@ -214,7 +254,8 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
                     ptq_bits=settings.ptq_bits,
                 )
             )
-    return specs
+        sensitivity += sensitivity_runs(settings, seed, fp_id)
+    return specs + sensitivity
 
 
 def default_paths(settings: StudySettings) -> dict[str, str]:
@@ -284,10 +325,12 @@ def project_cost(
 ) -> dict:
     """Seconds of the whole grid from the cost of one FP epoch, one LSQ epoch and one final
     Hessian trace (each with its compile and evaluation); other methods scale by
-    ``ASSUMED_COST_VS_LSQ``, a trajectory point costs a trace scaled by its probe count."""
+    ``ASSUMED_COST_VS_LSQ``, a trajectory point costs a trace scaled by its probe count, a
+    sensitivity run costs its QAT run times its length factor plus one trace."""
     qat_steps = settings.qat_steps if settings.qat_steps > 0 else settings.qat_epochs * steps_per_epoch
     trajectory_points = qat_steps // settings.trace.every_steps
     qat_runs = len(settings.qat_methods) * len(settings.bit_settings)
+    sensitivity_runs_per_seed = len(sensitivity_runs(settings, 0, "seed0/fp"))
     per_seed = {
         "fp": settings.fp_epochs * fp_epoch_s,
         "dnq": settings.fp_epochs * fp_epoch_s * ASSUMED_DNQ_COST_VS_FP,
@@ -303,6 +346,12 @@ def project_cost(
         * settings.trace.trajectory_probes
         / settings.trace.num_probes,
         "ptq": 2 * len(settings.ptq_bits) * ASSUMED_PTQ_COST_PER_BITS * fp_epoch_s,
+        "sensitivity": sum(factor for _, _, factor in settings.sensitivity_variants)
+        * sum(ASSUMED_COST_VS_LSQ[m] for m in settings.sensitivity_methods)
+        * len(settings.sensitivity_bits)
+        * (qat_steps / steps_per_epoch)
+        * lsq_epoch_s
+        + sensitivity_runs_per_seed * trace_s,
     }
     runs = len(study_grid(settings))
     return {"runs": runs, "per_seed_s": per_seed, "total_s": settings.seeds * sum(per_seed.values())}

@@ -240,11 +240,21 @@ def claim_scale(claim: Claim) -> tuple[float, str, str]:
     return (1.0, ".4g", "") if claim.metric == "trace" else (100.0, ".2f", " pts")
 
 
+def effect_text(result: ClaimResult) -> str:
+    """``mean [low, high]`` of a claim's paired difference, accuracy in points, trace raw."""
+    scale, fmt, unit = claim_scale(result.claim)
+    interval = result.interval
+    text = f"{interval.mean * scale:+{fmt}}{unit}"
+    if interval.low is not None:
+        text += f" [{interval.low * scale:+{fmt}}, {interval.high * scale:+{fmt}}]"
+    return text
+
+
 def verdict_rows(results: list[ClaimResult], bit_settings: Sequence[str]) -> list[list[str]]:
     rows = []
     for result in results:
         claim = result.claim
-        scale, fmt, unit = claim_scale(claim)
+        scale, fmt, _ = claim_scale(claim)
         if not result.seeds:
             in_grid = claim.group != "qat" or claim.bits in bit_settings
             effect = "no paired runs" if in_grid else "not in this grid"
@@ -252,10 +262,7 @@ def verdict_rows(results: list[ClaimResult], bit_settings: Sequence[str]) -> lis
         else:
             ours = format_cell(result.method_values, scale, fmt)
             theirs = format_cell(result.baseline_values, scale, fmt)
-            interval = result.interval
-            effect = f"{interval.mean * scale:+{fmt}}{unit}"
-            if interval.low is not None:
-                effect += f" [{interval.low * scale:+{fmt}}, {interval.high * scale:+{fmt}}]"
+            effect = effect_text(result)
         rows.append(
             [
                 claim.number,
@@ -462,7 +469,7 @@ def settings_rows(settings: dict[str, Any]) -> list[list[str]]:
         return f"{steps} steps" if steps > 0 else f"{settings[epochs_key]} epochs"
 
     trace = settings["trace"]
-    return [
+    rows = [
         ["dataset", settings["dataset"]],
         ["model", f"{settings['model']} widths {tuple(settings['widths'])}"],
         ["batch size", str(settings["batch_size"])],
@@ -483,6 +490,15 @@ def settings_rows(settings: dict[str, Any]) -> list[list[str]]:
             + ", ".join(settings["trajectory_methods"]),
         ],
     ]
+    if settings.get("sensitivity_variants"):
+        variants = "; ".join(
+            f"{label} (lr {lr}, {factor}× the QAT length)"
+            for label, lr, factor in settings["sensitivity_variants"]
+        )
+        bits = ", ".join(bits_label(w, a) for w, a in settings["sensitivity_bits"])
+        methods = ", ".join(settings["sensitivity_methods"])
+        rows.append(["sensitivity variants", f"{variants}; for {methods} at {bits}"])
+    return rows
 
 
 def method_config_rows(records, methods) -> list[list[str]]:
@@ -497,6 +513,60 @@ def method_config_rows(records, methods) -> list[list[str]]:
                 rows.append([method, fields or "(no fields)"])
                 break
     return rows
+
+
+def budgets(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, record group)`` of the main QAT budget and of each sensitivity variant."""
+    steps = settings["qat_steps"]
+    length = f"{steps} steps" if steps > 0 else f"{settings['qat_epochs']} epochs"
+    main = (f"main grid: lr {settings['qat_learning_rate']}, {length}", "qat")
+    variants = [(label, f"sensitivity:{label}") for label, _, _ in settings.get("sensitivity_variants") or ()]
+    return [main, *variants]
+
+
+def sensitivity_claims(settings: dict[str, Any]) -> list[Claim]:
+    """The QAT claims whose method, baseline and bits all run under every sensitivity variant."""
+    methods = set(settings.get("sensitivity_methods") or ())
+    bits = {bits_label(w, a) for w, a in settings.get("sensitivity_bits") or ()}
+    return [c for c in CLAIMS if c.group == "qat" and {c.method, c.baseline} <= methods and c.bits in bits]
+
+
+def effect_cell(result: ClaimResult) -> str:
+    """``effect [95% CI] verdict (n)`` of one claim result (``–`` without paired runs)."""
+    if not result.seeds:
+        return "–"
+    return f"{effect_text(result)} {result.verdict} (n={len(result.seeds)})"
+
+
+def sensitivity_lines(records, settings: dict[str, Any]) -> list[str]:
+    """The section on claims 1–3 under the other QAT budgets; empty without variants."""
+    claims = sensitivity_claims(settings)
+    if not settings.get("sensitivity_variants") or not claims:
+        return []
+    methods = list(settings["sensitivity_methods"])
+    bit_settings = [bits_label(w, a) for w, a in settings["sensitivity_bits"]]
+    lines = [
+        "## Sensitivity: the QAT claims under other budgets",
+        "",
+        "The same claims with every method and its baseline re-run alike under each budget below "
+        "(same seeds, same FP checkpoints, [design] fields at their defaults), so that no method "
+        "is tuned more than LSQ. A verdict that changes with the budget is fragile.",
+        "",
+    ]
+    for bits in bit_settings:
+        rows = [
+            [label, *(cell(records, "accuracy", group, method, bits) for method in methods)]
+            for label, group in budgets(settings)
+        ]
+        lines += [f"Test accuracy (%) at {bits}, mean ± std over seeds:", ""]
+        lines += [markdown_table(["QAT budget", *methods], rows), ""]
+    rows = []
+    for label, group in budgets(settings):
+        results = [evaluate_claim(records, dataclasses.replace(c, group=group)) for c in claims]
+        rows.append([label, *(effect_cell(result) for result in results)])
+    lines += ["Effect of each claim (method − baseline, paired over seeds) and its verdict:", ""]
+    lines += [markdown_table(["QAT budget", *(c.text for c in claims)], rows), ""]
+    return lines
 
 
 def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source: str) -> str:
@@ -594,6 +664,7 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         "",
         figure(md_dir, plots["ptq"], "PTQ accuracy vs bits", "no finished PTQ runs"),
         "",
+        *sensitivity_lines(records, settings),
         "## What was run",
         "",
         "Every method gets the same budget: one run per seed and bit setting, the same epochs, "

@@ -101,11 +101,32 @@ def test_grid_has_every_method_at_every_bit_setting_with_the_same_budget():
     assert all(s.trace for s in specs if s.kind == "train")
 
 
+def test_sensitivity_variants_change_only_the_qat_budget_of_methods_and_baseline_alike():
+    settings = reproduce.study_settings("fashion_mnist", quick=False)
+    specs = reproduce.study_grid(settings)
+    main = {s.run_id: s for s in specs if s.labels["group"] == "qat"}
+    sensitivity = [s for s in specs if s.labels["group"].startswith("sensitivity:")]
+    assert specs[-len(sensitivity) :] == sensitivity  # after the whole main grid
+    groups = {}
+    for spec in sensitivity:
+        groups.setdefault(spec.labels["group"], set()).add((spec.labels["seed"], spec.labels["method"]))
+        twin = main[f"seed{spec.labels['seed']}/qat_{spec.labels['method']}_w2a2"]
+        assert spec.parent == twin.parent and spec.trace and not spec.trajectory
+        ours, theirs = spec.config.to_dict(), twin.config.to_dict()
+        budget = [(c["optim"].pop("learning_rate"), c["train"].pop("num_epochs")) for c in (ours, theirs)]
+        assert budget[0] != budget[1] and ours == theirs  # only the QAT budget differs
+    expected = {(seed, m) for seed in range(3) for m in reproduce.SENSITIVITY_METHODS}
+    assert groups == {f"sensitivity:{label}": expected for label, _, _ in reproduce.SENSITIVITY_VARIANTS}
+    assert not reproduce.sensitivity_runs(reproduce.study_settings("fashion_mnist", quick=True), 0, "x")
+
+
 def test_cost_projection_counts_every_run_of_the_grid():
     settings = reproduce.study_settings("fashion_mnist", quick=False)
     base = reproduce.project_cost(settings, 10.0, 20.0, 5.0, 234)
-    assert base["runs"] == 3 * (1 + 24 + 1 + 2)
+    assert base["runs"] == 3 * (1 + 24 + 1 + 2) + 3 * 3 * 4
     assert base["per_seed_s"]["final_traces"] == 26 * 5.0
+    # 3 variants (1 + 1 + 2 QAT lengths) of lsq, fpq, cr, mec (1 + 1.5 + 2 + 1.5) and 12 traces
+    assert base["per_seed_s"]["sensitivity"] == pytest.approx(4 * 6.0 * 20.0 + 12 * 5.0)
     slower_qat = reproduce.project_cost(settings, 10.0, 40.0, 5.0, 234)
     assert slower_qat["per_seed_s"]["qat"] == 2 * base["per_seed_s"]["qat"]
     assert base["total_s"] == pytest.approx(3 * sum(base["per_seed_s"].values()))
@@ -223,6 +244,21 @@ def synthetic_results():
                     ptq={"status": "ok", "accuracy_by_bits": by_bits},
                 )
             )
+        for label, _, _ in settings.sensitivity_variants:
+            flip = -0.03 if label == "lr 0.03" else 0.0  # FPQ loses at the large learning rate
+            for method, offset in offsets.items():
+                records.append(
+                    dict(
+                        run_id=f"seed{seed}/sens_{label}_{method}",
+                        seed=seed,
+                        group=f"sensitivity:{label}",
+                        method=method,
+                        bits="W2A2",
+                        status="ok",
+                        accuracy=0.7 + offset + flip * (method == "fpq") + jitter(seed, label + method),
+                        trace={"status": "ok", "value": 80.0 + jitter(seed, method)},
+                    )
+                )
     records.append(
         dict(
             run_id="seed0/qat_pact_w2a2",
@@ -301,6 +337,30 @@ def test_report_verdicts_and_tables_follow_from_the_records(tmp_path):
     for name in ("accuracy_vs_bits", "trace_vs_accuracy", "trace_trajectories", "ptq"):
         path = tmp_path / "fig" / f"synthetic_{name}.png"
         assert path.stat().st_size > 1000 and f"fig/synthetic_{name}.png" in md
+
+
+def test_sensitivity_section_gives_each_budget_its_own_paired_verdict(tmp_path):
+    results = synthetic_results()
+    md = reproduce_report.write_report(results, str(tmp_path / "results.md"), str(tmp_path / "fig"), "x.json")
+    effects = table_rows(md, "| QAT budget | FPQ beats LSQ")
+    verdicts = {row[1]: row for rows in table_rows(md, "| # |").values() for row in rows}
+    main = effects["main grid: lr 0.01, 10 epochs"][0]
+    assert main[1] == verdicts["FPQ beats LSQ at W2A2"][5] + " reproduced (n=3)"
+
+    def accuracies(method, group):
+        return [r["accuracy"] for r in sorted(results["runs"], key=lambda r: r["seed"])
+                if r.get("group") == group and r.get("method") == method]  # fmt: skip
+
+    group = "sensitivity:lr 0.03"
+    diffs = 100 * (np.array(accuracies("fpq", group)) - np.array(accuracies("lsq", group)))
+    ci = scipy_stats.t.interval(0.95, 2, loc=diffs.mean(), scale=scipy_stats.sem(diffs))
+    expected = f"{diffs.mean():+.2f} pts [{ci[0]:+.2f}, {ci[1]:+.2f}] not reproduced (n=3)"
+    assert effects["lr 0.03"][0][1] == expected
+    assert effects["2x steps"][0][1].endswith("reproduced (n=3)")
+    accuracy = table_rows(md, "| QAT budget | lsq |")
+    values = 100 * np.array(accuracies("cr", "sensitivity:lr 0.003"))
+    assert accuracy["lr 0.003"][0][3] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=3)"
+    assert "lr 0.003 (lr 0.003, 1× the QAT length)" in md
 
 
 # ---------------------------------------------------------------- the study end to end
