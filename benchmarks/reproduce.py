@@ -217,7 +217,9 @@ def sensitivity_runs(settings: StudySettings, seed: int, fp_id: str) -> list[Run
                 group = f"sensitivity:{label}"
                 labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
                 run_id = f"seed{seed}/sens_{slug}_{method}_{bits.lower()}"
-                specs.append(RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True))
+                specs.append(
+                    RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, start_accuracy=True)
+                )
     return specs
 
 
@@ -240,6 +242,7 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
                         parent=fp_id,
                         trace=True,
                         trajectory=method in settings.trajectory_methods,
+                        start_accuracy=True,
                     )
                 )
         specs.append(fp_training(settings, seed, "dnq", dnq_id))

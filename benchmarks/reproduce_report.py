@@ -173,10 +173,16 @@ def metric_value(record: dict[str, Any], metric: str, bits: str) -> float | None
     if metric == "trace":
         trace = record.get("trace") or {}
         return trace.get("value") if record.get("bits") == bits and trace.get("status") == OK else None
+    if metric in ("start_accuracy", "teacher_accuracy"):
+        start = record.get("start") or {}
+        return start.get(metric) if record.get("bits") == bits and start.get("status") == OK else None
     if metric == "ptq_accuracy":
         ptq = record.get("ptq") or {}
         return ptq.get("accuracy_by_bits", {}).get(bits) if ptq.get("status") == OK else None
-    raise ValueError(f"metric={metric!r} is not allowed: choose one of ['accuracy', 'trace', 'ptq_accuracy']")
+    raise ValueError(
+        f"metric={metric!r} is not allowed: choose one of "
+        "['accuracy', 'trace', 'ptq_accuracy', 'start_accuracy', 'teacher_accuracy']"
+    )
 
 
 def values_by_seed(records, metric: str, group: str, method: str, bits: str) -> dict[int, float]:
@@ -515,6 +521,27 @@ def method_config_rows(records, methods) -> list[list[str]]:
     return rows
 
 
+def start_lines(records, methods, bit_settings) -> list[str]:
+    """Tables of the QAT starting points (the calibrated FP network before the first step)
+    and of the final EMA teachers, where the records have them."""
+    lines = []
+    tables = (
+        ("start_accuracy", "Test accuracy (%) of the starting point of QAT: the FP checkpoint with "
+         "its quantizers calibrated, before the first step."),
+        ("teacher_accuracy", "Test accuracy (%) of the EMA teacher at the end of QAT (methods with an "
+         "EMA teacher only)."),
+    )  # fmt: skip
+    for metric, caption in tables:
+        rows = [
+            row
+            for row in group_table(records, metric, "qat", methods, bit_settings)
+            if any(value != "–" for value in row[1:])
+        ]
+        if rows:
+            lines += [caption, "", markdown_table(["method", *bit_settings], rows), ""]
+    return lines
+
+
 def budgets(settings: dict[str, Any]) -> list[tuple[str, str]]:
     """``(label, record group)`` of the main QAT budget and of each sensitivity variant."""
     steps = settings["qat_steps"]
@@ -631,6 +658,7 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         "",
         figure(md_dir, plots["accuracy"], "accuracy vs bits", "no finished QAT runs"),
         "",
+        *start_lines(records, methods, bit_settings),
         "## Hessian trace of the final QAT checkpoints, mean ± std over seeds",
         "",
         markdown_table(

@@ -476,6 +476,10 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
         assert by_id["seed0/ptq_dnq"]["message"] == "skipped: depends on seed0/dnq (unavailable)"
     for record in (by_id["seed0/fp"], lsq):
         assert record["trace"]["status"] == "ok" and np.isfinite(record["trace"]["value"])
+    assert "start" not in by_id["seed0/fp"] and 0.0 <= lsq["start"]["start_accuracy"] <= 1.0
+    assert "teacher_accuracy" not in lsq["start"]  # LSQ has no teacher
+    if adapters.method_available("cr"):  # an EMA teacher
+        assert 0.0 <= by_id["seed0/qat_cr_w2a2"]["start"]["teacher_accuracy"] <= 1.0
         assert len(record["config_hash"]) == 10 and record["wall_time_s"] > 0
     _, saved = load_raw(str(tmp_path / "runs" / lsq["workdir"]))
     assert lsq["trace"]["value"] == pytest.approx(squared_norm(saved["params"]))
@@ -494,7 +498,9 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
     fp_acc, lsq_acc = 100 * by_id["seed0/fp"]["accuracy"], 100 * lsq["accuracy"]
     assert f"FP starting point (plain FP training): {fp_acc:.2f} (n=1)." in md
     assert table_rows(md, "| method | W2A2")["lsq"][0][1] == f"{lsq_acc:.2f} (n=1)"
-    trace_rows = tables(md, "| method | W2A2")[1]
+    trace_rows = table_rows(md.split("## Hessian trace of the final QAT checkpoints")[1], "| method | W2A2")
+    start_rows = table_rows(md.split("starting point of QAT")[1], "| method | W2A2")
+    assert start_rows["lsq"][0][1] == f"{100 * lsq['start']['start_accuracy']:.2f} (n=1)"
     assert trace_rows["lsq"][0][1] == f"{lsq['trace']['value']:.4g} (n=1)"
     counts = {}
     for record in results["runs"]:

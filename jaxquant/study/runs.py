@@ -46,6 +46,7 @@ class RunSpec:
     trace: bool = False
     trajectory: bool = False
     ptq_bits: tuple[int, ...] = ()
+    start_accuracy: bool = False  # QAT: record the accuracy before the first step, and of an EMA teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,29 @@ def checkpoint_trace(config: ml_collections.ConfigDict, workdir: str, settings: 
     start = time.time()
     result = adapters.hessian_trace(run.ctx.model, variables, batches, settings.num_probes, settings.seed)
     return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
+
+
+def start_and_teacher_accuracy(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Test accuracy of a QAT run's starting point, the network its first step sees (init,
+    ``init_from`` loaded, quantizers calibrated: rebuilt from the config), and, for a method
+    with an EMA teacher, of that teacher in the final checkpoint of ``workdir``."""
+    from jaxquant.methods.common import TeacherMethod, split_model_variables
+    from jaxquant.train.checkpoint import load_raw
+    from jaxquant.train.loop import build_run, create_train_state, evaluate, make_eval_step
+
+    run = build_run(config)
+    eval_step = make_eval_step(run.ctx.model)
+
+    def accuracy(params, model_state) -> float:
+        batch_size = config.data.eval_batch_size
+        return evaluate(eval_step, params, model_state, run.test_split, batch_size, run.mesh)["accuracy"]
+
+    start = create_train_state(run, total_steps=1)
+    result = {"status": OK, "start_accuracy": float(accuracy(start.params, start.model_state))}
+    if isinstance(run.method, TeacherMethod) and run.method.ema_teacher(config):
+        _, saved = load_raw(workdir)
+        result["teacher_accuracy"] = float(accuracy(*split_model_variables(saved["extra"]["teacher"])))
+    return result
 
 
 class Study:
@@ -299,5 +323,11 @@ class Study:
                 record["trace"] = {"status": FAILED, "message": error_line(error)}
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
+        if spec.start_accuracy and (record.get("start") or {}).get("status") != OK:
+            try:
+                record["start"] = start_and_teacher_accuracy(self.run_config(spec), workdir)
+            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
+                traceback.print_exc()
+                record["start"] = {"status": FAILED, "message": error_line(error)}
         write_json(os.path.join(workdir, RESULT_FILE), record)
         return record
