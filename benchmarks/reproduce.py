@@ -28,6 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -50,6 +51,13 @@ PTQ_BITS = (8, 6, 4, 3)
 SENSITIVITY_METHODS = ("lsq", "fpq", "cr", "mec")
 SENSITIVITY_BITS = ((2, 2),)
 SENSITIVITY_VARIANTS = (("lr 0.003", 0.003, 1), ("lr 0.03", 0.03, 1), ("2x steps", 0.01, 2))
+# Diagnostics of one method's [design] fields, at the sensitivity bits: extra runs for that
+# method alone, so they are reported beside the verdicts and never change one.
+# (label, method, ((field, value), ...))
+DIAGNOSTICS = (
+    ("cr, ema_decay 0.9", "cr", (("ema_decay", 0.9),)),
+    ("cr, teacher fp", "cr", (("teacher", "fp"),)),
+)
 # Step cost relative to LSQ assumed in the projection until each method is measured (the
 # train-step benchmark's expectations: one extra teacher forward ≈ 1.5, two passes ≈ 2).
 ASSUMED_COST_VS_LSQ = {
@@ -96,6 +104,7 @@ class StudySettings:
     sensitivity_variants: tuple[tuple[str, float, int], ...] = ()
     sensitivity_methods: tuple[str, ...] = ()
     sensitivity_bits: tuple[tuple[int, int], ...] = ()
+    diagnostics: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -135,11 +144,12 @@ def study_settings(
         sensitivity_variants=SENSITIVITY_VARIANTS,
         sensitivity_methods=SENSITIVITY_METHODS,
         sensitivity_bits=SENSITIVITY_BITS,
+        diagnostics=DIAGNOSTICS,
     )
     if quick:
         q = QUICK[dataset]
         fields.update(seeds=q["seeds"], bit_settings=q["bit_settings"], fp_steps=-1, qat_steps=q["qat_steps"])
-        fields.update(sensitivity_variants=(), sensitivity_methods=(), sensitivity_bits=())
+        fields.update(sensitivity_variants=(), sensitivity_methods=(), sensitivity_bits=(), diagnostics=())
         preset["fp_epochs"] = q["fp_epochs"]
         preset["trace"] = dataclasses.replace(preset["trace"], every_steps=q["every_steps"])
     if seeds is not None:
@@ -223,6 +233,24 @@ def sensitivity_runs(settings: StudySettings, seed: int, fp_id: str) -> list[Run
     return specs
 
 
+def diagnostic_runs(settings: StudySettings, seed: int, fp_id: str) -> list[RunSpec]:
+    """One QAT run per diagnostic and sensitivity bit setting for one seed: the main grid's
+    run of that method with the diagnostic's [design] fields set; group ``diagnostic:<label>``."""
+    specs = []
+    for label, method, fields in settings.diagnostics:
+        slug = label.replace(", ", "_").replace(" ", "")
+        for w_bits, a_bits in settings.sensitivity_bits:
+            bits = bits_label(w_bits, a_bits)
+            config = training_config(settings, seed, method, True, w_bits, a_bits)
+            config.method.update(dict(fields))
+            group = f"diagnostic:{label}"
+            labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
+            run_id = f"seed{seed}/diag_{slug}_{bits.lower()}"
+            spec = RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, start_accuracy=True)
+            specs.append(spec)
+    return specs
+
+
 def study_grid(settings: StudySettings) -> list[RunSpec]:
     """The runs of the study in execution order (a run's parent comes before it); the
     sensitivity runs of every seed come last, after the whole main grid."""
@@ -257,7 +285,7 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
                     ptq_bits=settings.ptq_bits,
                 )
             )
-        sensitivity += sensitivity_runs(settings, seed, fp_id)
+        sensitivity += sensitivity_runs(settings, seed, fp_id) + diagnostic_runs(settings, seed, fp_id)
     return specs + sensitivity
 
 
@@ -329,7 +357,8 @@ def project_cost(
     """Seconds of the whole grid from the cost of one FP epoch, one LSQ epoch and one final
     Hessian trace (each with its compile and evaluation); other methods scale by
     ``ASSUMED_COST_VS_LSQ``, a trajectory point costs a trace scaled by its probe count, a
-    sensitivity run costs its QAT run times its length factor plus one trace."""
+    sensitivity run costs its QAT run times its length factor plus one trace, a diagnostic
+    run its QAT run plus one trace."""
     qat_steps = settings.qat_steps if settings.qat_steps > 0 else settings.qat_epochs * steps_per_epoch
     trajectory_points = qat_steps // settings.trace.every_steps
     qat_runs = len(settings.qat_methods) * len(settings.bit_settings)
@@ -355,6 +384,11 @@ def project_cost(
         * (qat_steps / steps_per_epoch)
         * lsq_epoch_s
         + sensitivity_runs_per_seed * trace_s,
+        "diagnostics": len(settings.sensitivity_bits)
+        * sum(
+            ASSUMED_COST_VS_LSQ[method] * qat_steps / steps_per_epoch * lsq_epoch_s + trace_s
+            for _, method, _ in settings.diagnostics
+        ),
     }
     runs = len(study_grid(settings))
     return {"runs": runs, "per_seed_s": per_seed, "total_s": settings.seeds * sum(per_seed.values())}

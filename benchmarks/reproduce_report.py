@@ -596,6 +596,55 @@ def sensitivity_lines(records, settings: dict[str, Any]) -> list[str]:
     return lines
 
 
+def diagnostic_lines(records, settings: dict[str, Any]) -> list[str]:
+    """The section on the diagnostic runs: each against the main grid's LSQ run of the same
+    seed and bits (paired effect, no verdict); empty without diagnostics."""
+    diagnostics = settings.get("diagnostics") or ()
+    if not diagnostics:
+        return []
+    rows = []
+    for label, method, fields in diagnostics:
+        for w_bits, a_bits in settings["sensitivity_bits"]:
+            bits = bits_label(w_bits, a_bits)
+            ours = values_by_seed(records, "accuracy", f"diagnostic:{label}", method, bits)
+            main = values_by_seed(records, "accuracy", "qat", method, bits)
+            lsq = values_by_seed(records, "accuracy", "qat", "lsq", bits)
+            seeds = sorted(set(ours) & set(lsq))
+            effect = "–"
+            if seeds:
+                interval = paired_t_interval([ours[k] for k in seeds], [lsq[k] for k in seeds])
+                effect = f"{100 * interval.mean:+.2f} pts"
+                if interval.low is not None:
+                    effect += f" [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]"
+                effect += f" (n={len(seeds)})"
+            fields_text = ", ".join(f"{key}={value}" for key, value in fields)
+            teacher = cell(records, "teacher_accuracy", f"diagnostic:{label}", method, bits)
+            rows.append(
+                [
+                    label,
+                    f"{method} with {fields_text}",
+                    bits,
+                    format_cell(list(ours.values()), 100.0, ".2f"),
+                    teacher,
+                    format_cell(list(main.values()), 100.0, ".2f"),
+                    format_cell(list(lsq.values()), 100.0, ".2f"),
+                    effect,
+                ]
+            )
+    header = ["diagnostic", "run", "bits", "test accuracy (%)", "EMA teacher (%)", "method, defaults",
+              "lsq", "effect vs lsq [95% CI]"]  # fmt: skip
+    return [
+        "## Diagnostics: [design] fields of one method (not used for any verdict)",
+        "",
+        "Extra runs of a single method with one [design] field changed, from the same FP "
+        "checkpoints and with the main grid's QAT budget. They explain a result; they are not a "
+        "fair comparison, because the baseline gets no such extra runs, so no verdict above uses them.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
 def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source: str) -> str:
     """Write the markdown report and its plots; return the markdown text."""
     records = results["runs"]
@@ -693,6 +742,7 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         figure(md_dir, plots["ptq"], "PTQ accuracy vs bits", "no finished PTQ runs"),
         "",
         *sensitivity_lines(records, settings),
+        *diagnostic_lines(records, settings),
         "## What was run",
         "",
         "Every method gets the same budget: one run per seed and bit setting, the same epochs, "

@@ -106,7 +106,10 @@ def test_sensitivity_variants_change_only_the_qat_budget_of_methods_and_baseline
     specs = reproduce.study_grid(settings)
     main = {s.run_id: s for s in specs if s.labels["group"] == "qat"}
     sensitivity = [s for s in specs if s.labels["group"].startswith("sensitivity:")]
-    assert specs[-len(sensitivity) :] == sensitivity  # after the whole main grid
+    diagnostic = [s for s in specs if s.labels["group"].startswith("diagnostic:")]
+    assert specs[-len(sensitivity) - len(diagnostic) :] == sorted(  # after the whole main grid
+        sensitivity + diagnostic, key=lambda s: (s.labels["seed"], s.labels["group"].startswith("diag"))
+    )
     groups = {}
     for spec in sensitivity:
         groups.setdefault(spec.labels["group"], set()).add((spec.labels["seed"], spec.labels["method"]))
@@ -120,10 +123,28 @@ def test_sensitivity_variants_change_only_the_qat_budget_of_methods_and_baseline
     assert not reproduce.sensitivity_runs(reproduce.study_settings("fashion_mnist", quick=True), 0, "x")
 
 
+def test_diagnostics_change_only_their_method_s_design_fields():
+    settings = reproduce.study_settings("fashion_mnist", quick=False)
+    specs = reproduce.study_grid(settings)
+    main = {s.run_id: s for s in specs if s.labels["group"] == "qat"}
+    diagnostic = [s for s in specs if s.labels["group"].startswith("diagnostic:")]
+    assert len(diagnostic) == 3 * len(reproduce.DIAGNOSTICS)
+    for spec in diagnostic:
+        label = spec.labels["group"].removeprefix("diagnostic:")
+        (fields,) = [dict(f) for name, _, f in reproduce.DIAGNOSTICS if name == label]
+        twin = main[f"seed{spec.labels['seed']}/qat_{spec.labels['method']}_w2a2"]
+        ours, theirs = spec.config.to_dict(), twin.config.to_dict()
+        assert {k: ours["method"][k] for k in fields} == fields
+        changed = {k: ours["method"].pop(k) != theirs["method"].pop(k) for k in fields}
+        assert changed == dict.fromkeys(fields, True)
+        assert ours == theirs and spec.parent == twin.parent
+
+
 def test_cost_projection_counts_every_run_of_the_grid():
     settings = reproduce.study_settings("fashion_mnist", quick=False)
     base = reproduce.project_cost(settings, 10.0, 20.0, 5.0, 234)
-    assert base["runs"] == 3 * (1 + 24 + 1 + 2) + 3 * 3 * 4
+    assert base["runs"] == 3 * (1 + 24 + 1 + 2) + 3 * 3 * 4 + 3 * 2
+    assert base["per_seed_s"]["diagnostics"] == pytest.approx(2 * (2.0 * 20.0 + 5.0))  # two CR runs
     assert base["per_seed_s"]["final_traces"] == 26 * 5.0
     # 3 variants (1 + 1 + 2 QAT lengths) of lsq, fpq, cr, mec (1 + 1.5 + 2 + 1.5) and 12 traces
     assert base["per_seed_s"]["sensitivity"] == pytest.approx(4 * 6.0 * 20.0 + 12 * 5.0)
@@ -259,6 +280,18 @@ def synthetic_results():
                         trace={"status": "ok", "value": 80.0 + jitter(seed, method)},
                     )
                 )
+        records.append(
+            dict(
+                run_id=f"seed{seed}/diag_cr",
+                seed=seed,
+                group="diagnostic:cr, ema_decay 0.9",
+                method="cr",
+                bits="W2A2",
+                status="ok",
+                accuracy=0.81 + jitter(seed, "diag"),
+                start={"status": "ok", "start_accuracy": 0.3, "teacher_accuracy": 0.75 + seed / 100},
+            )
+        )
     records.append(
         dict(
             run_id="seed0/qat_pact_w2a2",
@@ -361,6 +394,22 @@ def test_sensitivity_section_gives_each_budget_its_own_paired_verdict(tmp_path):
     values = 100 * np.array(accuracies("cr", "sensitivity:lr 0.003"))
     assert accuracy["lr 0.003"][0][3] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=3)"
     assert "lr 0.003 (lr 0.003, 1× the QAT length)" in md
+
+
+def test_diagnostics_are_paired_with_the_main_grid_s_lsq_and_have_no_verdict(tmp_path):
+    results = synthetic_results()
+    md = reproduce_report.write_report(results, str(tmp_path / "results.md"), str(tmp_path / "fig"), "x.json")
+    row = table_rows(md, "| diagnostic |")["cr, ema_decay 0.9"][0]
+    runs_by = {(r["group"], r["method"], r["seed"]): r for r in results["runs"] if r.get("bits") == "W2A2"}
+    diffs = 100 * np.array(
+        [runs_by["diagnostic:cr, ema_decay 0.9", "cr", k]["accuracy"] - runs_by["qat", "lsq", k]["accuracy"]
+         for k in range(3)]
+    )  # fmt: skip
+    ci = scipy_stats.t.interval(0.95, 2, loc=diffs.mean(), scale=scipy_stats.sem(diffs))
+    assert row[1] == "cr with ema_decay=0.9" and row[2] == "W2A2"
+    assert row[-1] == f"{diffs.mean():+.2f} pts [{ci[0]:+.2f}, {ci[1]:+.2f}] (n=3)"
+    assert row[4] == "76.00 ± 1.00 (n=3)"  # the EMA teacher's accuracy
+    assert not any(v in row for v in ("reproduced", "not reproduced", "inconclusive"))
 
 
 # ---------------------------------------------------------------- the study end to end
