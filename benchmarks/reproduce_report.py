@@ -469,10 +469,14 @@ def figure(md_dir: str, path: str | None, alt: str, missing: str, gaps: Sequence
     return f"![{alt}]({os.path.relpath(path, md_dir)})"
 
 
+def epochs_text(epochs: float) -> str:
+    return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
+
+
 def settings_rows(settings: dict[str, Any]) -> list[list[str]]:
     def length(epochs_key, steps_key):
         steps = settings[steps_key]
-        return f"{steps} steps" if steps > 0 else f"{settings[epochs_key]} epochs"
+        return f"{steps} steps" if steps > 0 else epochs_text(settings[epochs_key])
 
     trace = settings["trace"]
     rows = [
@@ -545,7 +549,7 @@ def start_lines(records, methods, bit_settings) -> list[str]:
 def budgets(settings: dict[str, Any]) -> list[tuple[str, str]]:
     """``(label, record group)`` of the main QAT budget and of each sensitivity variant."""
     steps = settings["qat_steps"]
-    length = f"{steps} steps" if steps > 0 else f"{settings['qat_epochs']} epochs"
+    length = f"{steps} steps" if steps > 0 else epochs_text(settings["qat_epochs"])
     main = (f"main grid: lr {settings['qat_learning_rate']}, {length}", "qat")
     variants = [(label, f"sensitivity:{label}") for label, _, _ in settings.get("sensitivity_variants") or ()]
     return [main, *variants]
