@@ -250,6 +250,7 @@ def synthetic_results():
                         accuracy=0.8 + offset + noise + mec_swing * (1 + seed) + jitter(seed, method + bits),
                         trace={"status": "ok", "value": trace},
                         trajectory={"status": "ok", "steps": [0, 10], "values": [trace + 5, trace]},
+                        bn_reestimated={"status": "ok", "accuracy": 0.85 + 0.01 * (seed + (method == "cr"))},
                     )
                 )
         for source, gain in (("fp", 0.0), ("dnq", 0.03)):
@@ -396,6 +397,20 @@ def test_sensitivity_section_gives_each_budget_its_own_paired_verdict(tmp_path):
     assert "lr 0.003 (lr 0.003, 1× the QAT length)" in md
 
 
+def test_bn_reestimation_section_evaluates_the_accuracy_claims_on_re_estimated_statistics(tmp_path):
+    results = synthetic_results()
+    md = reproduce_report.write_report(results, str(tmp_path / "results.md"), str(tmp_path / "fig"), "x.json")
+    section = md.split("## BatchNorm re-estimation after QAT")[1]
+    accuracy = table_rows(section, "| method | W4A4")
+    assert accuracy["lsq"][0][1:] == ["86.00 ± 1.00 (n=3)"] * 3
+    assert accuracy["cr"][0][3] == "87.00 ± 1.00 (n=3)"
+    effects = table_rows(section, "| claim |")
+    verdicts = {row[1]: row for rows in table_rows(md, "| # |").values() for row in rows}
+    running, reestimated = effects["CR beats its baseline QAT (LSQ) at W2A2"][0][1:]
+    assert running.startswith(verdicts["CR beats its baseline QAT (LSQ) at W2A2"][5] + " not reproduced")
+    assert reestimated == "+1.00 pts [+1.00, +1.00] reproduced (n=3)"  # the same +1 point in every seed
+
+
 def test_diagnostics_are_paired_with_the_main_grid_s_lsq_and_have_no_verdict(tmp_path):
     results = synthetic_results()
     md = reproduce_report.write_report(results, str(tmp_path / "results.md"), str(tmp_path / "fig"), "x.json")
@@ -526,6 +541,7 @@ def test_quick_study_on_digits_resumes_and_reports(tmp_path, curvature_calls):
     for record in (by_id["seed0/fp"], lsq):
         assert record["trace"]["status"] == "ok" and np.isfinite(record["trace"]["value"])
     assert "start" not in by_id["seed0/fp"] and 0.0 <= lsq["start"]["start_accuracy"] <= 1.0
+    assert lsq["bn_reestimated"]["status"] == "ok" and 0.0 <= lsq["bn_reestimated"]["accuracy"] <= 1.0
     assert "teacher_accuracy" not in lsq["start"]  # LSQ has no teacher
     if adapters.method_available("cr"):  # an EMA teacher
         assert 0.0 <= by_id["seed0/qat_cr_w2a2"]["start"]["teacher_accuracy"] <= 1.0

@@ -46,7 +46,8 @@ class RunSpec:
     trace: bool = False
     trajectory: bool = False
     ptq_bits: tuple[int, ...] = ()
-    start_accuracy: bool = False  # QAT: record the accuracy before the first step, and of an EMA teacher
+    # QAT: record the accuracy before the first step, of an EMA teacher, and after BN re-estimation
+    start_accuracy: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,32 @@ def start_and_teacher_accuracy(config: ml_collections.ConfigDict, workdir: str) 
         _, saved = load_raw(workdir)
         result["teacher_accuracy"] = float(accuracy(*split_model_variables(saved["extra"]["teacher"])))
     return result
+
+
+BN_IMAGES = 2048
+
+
+def bn_reestimated_accuracy(
+    config: ml_collections.ConfigDict, workdir: str, num_images: int = BN_IMAGES
+) -> dict[str, Any]:
+    """Test accuracy of the final checkpoint in ``workdir`` after its BatchNorm statistics are
+    re-estimated (:func:`~jaxquant.train.batchnorm.reestimate_batch_stats`) on ``num_images``
+    clean training images drawn with ``config.seed``."""
+    from jaxquant.data.pipeline import calibration_images
+    from jaxquant.train.batchnorm import reestimate_batch_stats
+    from jaxquant.train.checkpoint import load_raw
+    from jaxquant.train.loop import build_run, evaluate, make_eval_step
+
+    run = build_run(config)
+    _, saved = load_raw(workdir)
+    images = calibration_images(run.train_split, num_images, config.seed)
+    params = saved["params"]
+    model_state = reestimate_batch_stats(
+        run.ctx.model, params, saved.get("model_state", {}), images, jax.random.PRNGKey(config.seed)
+    )
+    eval_step, batch_size = make_eval_step(run.ctx.model), config.data.eval_batch_size
+    result = evaluate(eval_step, params, model_state, run.test_split, batch_size, run.mesh)
+    return {"status": OK, "accuracy": float(result["accuracy"]), "num_images": int(len(images))}
 
 
 class Study:
@@ -323,6 +350,12 @@ class Study:
                 record["trace"] = {"status": FAILED, "message": error_line(error)}
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
+        if spec.start_accuracy and (record.get("bn_reestimated") or {}).get("status") != OK:
+            try:
+                record["bn_reestimated"] = bn_reestimated_accuracy(self.run_config(spec), workdir)
+            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
+                traceback.print_exc()
+                record["bn_reestimated"] = {"status": FAILED, "message": error_line(error)}
         if spec.start_accuracy and (record.get("start") or {}).get("status") != OK:
             try:
                 record["start"] = start_and_teacher_accuracy(self.run_config(spec), workdir)
