@@ -339,28 +339,27 @@ class Study:
         return {"status": OK, **fields}
 
     def complete_analyses(self, spec: RunSpec, record: dict[str, Any], workdir: str) -> dict[str, Any]:
-        """Add the trace and trajectory that are missing (e.g. the curvature tools arrived after
-        the run trained); save the record as finished."""
+        """Add the analyses that are missing or failed (e.g. the curvature tools arrived after
+        the run trained): the Hessian trace, the trajectory, and for QAT the accuracy after
+        BatchNorm re-estimation and of the starting point; save the record as finished. A
+        failed analysis is recorded and retried on the next call; the training is kept."""
         record = dict(record)
-        if spec.trace and (record.get("trace") or {}).get("status") != OK:
+        config = self.run_config(spec)
+        measures = []
+        if spec.trace:
+            measures.append(("trace", lambda: checkpoint_trace(config, workdir, self.trace_settings)))
+        if spec.start_accuracy:
+            measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(config, workdir)))
+            measures.append(("start", lambda: start_and_teacher_accuracy(config, workdir)))
+        for key, measure in measures:
+            if (record.get(key) or {}).get("status") == OK:
+                continue
             try:
-                record["trace"] = checkpoint_trace(self.run_config(spec), workdir, self.trace_settings)
+                record[key] = measure()
             except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
                 traceback.print_exc()
-                record["trace"] = {"status": FAILED, "message": error_line(error)}
+                record[key] = {"status": FAILED, "message": error_line(error)}
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
-        if spec.start_accuracy and (record.get("bn_reestimated") or {}).get("status") != OK:
-            try:
-                record["bn_reestimated"] = bn_reestimated_accuracy(self.run_config(spec), workdir)
-            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
-                traceback.print_exc()
-                record["bn_reestimated"] = {"status": FAILED, "message": error_line(error)}
-        if spec.start_accuracy and (record.get("start") or {}).get("status") != OK:
-            try:
-                record["start"] = start_and_teacher_accuracy(self.run_config(spec), workdir)
-            except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
-                traceback.print_exc()
-                record["start"] = {"status": FAILED, "message": error_line(error)}
         write_json(os.path.join(workdir, RESULT_FILE), record)
         return record
