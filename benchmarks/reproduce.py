@@ -228,7 +228,7 @@ def sensitivity_runs(settings: StudySettings, seed: int, fp_id: str) -> list[Run
                 labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
                 run_id = f"seed{seed}/sens_{slug}_{method}_{bits.lower()}"
                 specs.append(
-                    RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, start_accuracy=True)
+                    RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, qat_analyses=True)
                 )
     return specs
 
@@ -246,7 +246,7 @@ def diagnostic_runs(settings: StudySettings, seed: int, fp_id: str) -> list[RunS
             group = f"diagnostic:{label}"
             labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
             run_id = f"seed{seed}/diag_{slug}_{bits.lower()}"
-            spec = RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, start_accuracy=True)
+            spec = RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, qat_analyses=True)
             specs.append(spec)
     return specs
 
@@ -270,7 +270,7 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
                         parent=fp_id,
                         trace=True,
                         trajectory=method in settings.trajectory_methods,
-                        start_accuracy=True,
+                        qat_analyses=True,
                     )
                 )
         specs.append(fp_training(settings, seed, "dnq", dnq_id))

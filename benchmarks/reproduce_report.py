@@ -790,7 +790,7 @@ def write_report(results: dict[str, Any], md_path: str, figure_dir: str, source:
         "",
         "Every method gets the same budget: one run per seed and bit setting, the same epochs, "
         "learning rate and FP checkpoint, and its [design] fields at their defaults (below); no "
-        "method was tuned.",
+        "method was tuned. (The diagnostic runs above are extra runs of one method and enter no verdict.)",
         "",
         markdown_table(["setting", "value"], settings_rows(settings)),
         "",

@@ -47,7 +47,7 @@ class RunSpec:
     trajectory: bool = False
     ptq_bits: tuple[int, ...] = ()
     # QAT: record the accuracy before the first step, of an EMA teacher, and after BN re-estimation
-    start_accuracy: bool = False
+    qat_analyses: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,7 +348,7 @@ class Study:
         measures = []
         if spec.trace:
             measures.append(("trace", lambda: checkpoint_trace(config, workdir, self.trace_settings)))
-        if spec.start_accuracy:
+        if spec.qat_analyses:
             measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(config, workdir)))
             measures.append(("start", lambda: start_and_teacher_accuracy(config, workdir)))
         for key, measure in measures:
