@@ -1,7 +1,7 @@
 """The reproduction study of methods.md §6: do the four papers' claims hold on real data?
 
-    python benchmarks/reproduce.py                       # the whole grid on Fashion-MNIST (~3 h CPU)
-    python benchmarks/reproduce.py --quick               # 1 seed, W2A2 only, short runs (~10 min)
+    python benchmarks/reproduce.py                       # the whole grid on Fashion-MNIST (~3.7 CPU-h)
+    python benchmarks/reproduce.py --quick               # 1 seed, W2A2 only, short runs (~7 min)
     python benchmarks/reproduce.py --report-only         # regenerate docs/ from the results JSON
     python benchmarks/reproduce.py --measure-cost        # time one FP and one LSQ epoch, project the grid
 
@@ -9,7 +9,9 @@ The grid, per seed: FP pretraining; QAT with every method of ``QAT_METHODS`` at 
 W2A2 from that FP checkpoint (same epochs, learning rate and budget for every method); DNQ
 training with the FP run's epochs and learning rate; the same PTQ at 8/6/4/3 bits of both FP
 networks; the Hessian trace of every final checkpoint on one fixed probe batch; the trace
-trajectory during QAT for ``TRAJECTORY_METHODS``. Every grid point is a run of
+trajectory during QAT for ``TRAJECTORY_METHODS``; then claims 1–3 under the
+``SENSITIVITY_VARIANTS`` budgets (every method and LSQ alike) and the ``DIAGNOSTICS`` runs of
+one method's [design] fields (reported, never in a verdict). Every grid point is a run of
 ``jaxquant.modes.run_mode`` in its own workdir under ``--study-dir`` (see
 ``jaxquant.study.runs``): a finished run is read back, an interrupted one resumes, a method or
 mode this checkout lacks is recorded as ``unavailable``. Results go to
@@ -40,7 +42,14 @@ from reproduce_report import bits_label, write_report  # noqa: E402
 
 from jaxquant.defaults import get_config  # noqa: E402
 from jaxquant.study import adapters  # noqa: E402
-from jaxquant.study.runs import RunSpec, Study, TraceSettings, checkpoint_trace, has_failure  # noqa: E402
+from jaxquant.study.runs import (  # noqa: E402
+    FinishedRun,
+    RunSpec,
+    Study,
+    TraceSettings,
+    checkpoint_trace,
+    has_failure,
+)
 
 QAT_METHODS = ("lsq", "pact", "lsq_plus", "kd", "sam", "fpq", "cr", "mec")
 TRAJECTORY_METHODS = ("lsq", "fpq", "cr", "mec")
@@ -210,26 +219,39 @@ def fp_training(settings: StudySettings, seed: int, method: str, run_id: str) ->
     return RunSpec(run_id, "train", config, labels, trace=True)
 
 
+def qat_run(
+    settings: StudySettings, seed: int, fp_id: str, prefix: str, group: str, method: str, bits: tuple
+) -> RunSpec:
+    """A QAT run of ``method`` at ``bits = (w_bits, a_bits)`` from the seed's FP run with the
+    main grid's budget, id ``seed<k>/<prefix>_<bits>``; a variant changes its ``config`` afterwards."""
+    w_bits, a_bits = bits
+    label = bits_label(w_bits, a_bits)
+    return RunSpec(
+        f"seed{seed}/{prefix}_{label.lower()}",
+        "train",
+        training_config(settings, seed, method, True, w_bits, a_bits),
+        dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=label),
+        parent=fp_id,
+        trace=True,
+        qat_analyses=True,
+    )
+
+
 def sensitivity_runs(settings: StudySettings, seed: int, fp_id: str) -> list[RunSpec]:
     """The QAT runs of every sensitivity variant for one seed, from that seed's FP run; their
     group is ``sensitivity:<label>`` and their only change is the QAT learning rate and length."""
     specs = []
     for label, learning_rate, length_factor in settings.sensitivity_variants:
         slug = label.replace(" ", "")
-        for w_bits, a_bits in settings.sensitivity_bits:
-            bits = bits_label(w_bits, a_bits)
+        for bits in settings.sensitivity_bits:
             for method in settings.sensitivity_methods:
-                config = training_config(settings, seed, method, True, w_bits, a_bits)
-                config.optim.learning_rate = learning_rate
-                config.train.num_epochs = settings.qat_epochs * length_factor
-                if settings.qat_steps > 0:
-                    config.train.num_steps = settings.qat_steps * length_factor
                 group = f"sensitivity:{label}"
-                labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
-                run_id = f"seed{seed}/sens_{slug}_{method}_{bits.lower()}"
-                specs.append(
-                    RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, qat_analyses=True)
-                )
+                spec = qat_run(settings, seed, fp_id, f"sens_{slug}_{method}", group, method, bits)
+                spec.config.optim.learning_rate = learning_rate
+                spec.config.train.num_epochs = settings.qat_epochs * length_factor
+                if settings.qat_steps > 0:
+                    spec.config.train.num_steps = settings.qat_steps * length_factor
+                specs.append(spec)
     return specs
 
 
@@ -239,40 +261,25 @@ def diagnostic_runs(settings: StudySettings, seed: int, fp_id: str) -> list[RunS
     specs = []
     for label, method, fields in settings.diagnostics:
         slug = label.replace(", ", "_").replace(" ", "")
-        for w_bits, a_bits in settings.sensitivity_bits:
-            bits = bits_label(w_bits, a_bits)
-            config = training_config(settings, seed, method, True, w_bits, a_bits)
-            config.method.update(dict(fields))
-            group = f"diagnostic:{label}"
-            labels = dict(seed=seed, group=group, method=method, w_bits=w_bits, a_bits=a_bits, bits=bits)
-            run_id = f"seed{seed}/diag_{slug}_{bits.lower()}"
-            spec = RunSpec(run_id, "train", config, labels, parent=fp_id, trace=True, qat_analyses=True)
+        for bits in settings.sensitivity_bits:
+            spec = qat_run(settings, seed, fp_id, f"diag_{slug}", f"diagnostic:{label}", method, bits)
+            spec.config.method.update(dict(fields))
             specs.append(spec)
     return specs
 
 
 def study_grid(settings: StudySettings) -> list[RunSpec]:
     """The runs of the study in execution order (a run's parent comes before it); the
-    sensitivity runs of every seed come last, after the whole main grid."""
+    sensitivity and diagnostic runs of every seed come last, after the whole main grid."""
     specs, sensitivity = [], []
     for seed in range(settings.seeds):
         fp_id, dnq_id = f"seed{seed}/fp", f"seed{seed}/dnq"
         specs.append(fp_training(settings, seed, "fp", fp_id))
-        for w_bits, a_bits in settings.bit_settings:
-            bits = bits_label(w_bits, a_bits)
+        for bits in settings.bit_settings:
             for method in settings.qat_methods:
-                specs.append(
-                    RunSpec(
-                        f"seed{seed}/qat_{method}_{bits.lower()}",
-                        "train",
-                        training_config(settings, seed, method, True, w_bits, a_bits),
-                        dict(seed=seed, group="qat", method=method, w_bits=w_bits, a_bits=a_bits, bits=bits),
-                        parent=fp_id,
-                        trace=True,
-                        trajectory=method in settings.trajectory_methods,
-                        qat_analyses=True,
-                    )
-                )
+                spec = qat_run(settings, seed, fp_id, f"qat_{method}", "qat", method, bits)
+                spec.trajectory = method in settings.trajectory_methods
+                specs.append(spec)
         specs.append(fp_training(settings, seed, "dnq", dnq_id))
         for source, parent in (("fp", fp_id), ("dnq", dnq_id)):
             specs.append(
@@ -402,7 +409,7 @@ def time_trace(settings: StudySettings, workdir: str) -> dict | None:
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     start, cpu_start = time.time(), time.process_time()
-    result = checkpoint_trace(config, workdir, settings.trace)
+    result = checkpoint_trace(FinishedRun(config, workdir), settings.trace)
     return {**result, "wall_s": time.time() - start, "cpu_s": time.process_time() - cpu_start}
 
 

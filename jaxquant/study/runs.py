@@ -13,6 +13,7 @@ study continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -99,70 +100,89 @@ def probe_batch(split, size: int, seed: int) -> dict[str, np.ndarray]:
     return split.batch(indices)
 
 
-def checkpoint_trace(config: ml_collections.ConfigDict, workdir: str, settings: TraceSettings) -> dict:
-    """The Hessian trace of the final checkpoint in ``workdir`` on the fixed probe batch."""
+class FinishedRun:
+    """A trained run's config, its built run (data, model, method), final checkpoint and
+    test-set evaluation step, each made once on first use and shared by all its analyses."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+
+    @functools.cached_property
+    def run(self):
+        from jaxquant.train.loop import build_run
+
+        return build_run(self.config)
+
+    @functools.cached_property
+    def saved(self) -> dict[str, Any]:
+        """The final checkpoint as saved (host arrays)."""
+        from jaxquant.train.checkpoint import load_raw
+
+        return load_raw(self.workdir)[1]
+
+    @functools.cached_property
+    def eval_step(self):
+        from jaxquant.train.loop import make_eval_step
+
+        return make_eval_step(self.run.ctx.model)
+
+    def test_accuracy(self, params, model_state: dict[str, Any]) -> float:
+        from jaxquant.train.loop import evaluate
+
+        run, batch_size = self.run, self.config.data.eval_batch_size
+        result = evaluate(self.eval_step, params, model_state, run.test_split, batch_size, run.mesh)
+        return float(result["accuracy"])
+
+
+def checkpoint_trace(finished: FinishedRun, settings: TraceSettings) -> dict:
+    """The Hessian trace of the run's final checkpoint on the fixed probe batch."""
     if adapters.curvature_tools() is None:
         return adapters.unavailable(adapters.NO_TRACE_ESTIMATOR)
-    from jaxquant.train.checkpoint import load_raw
-    from jaxquant.train.loop import build_run
-
-    run = build_run(config)
-    _, saved = load_raw(workdir)
+    saved = finished.saved
     variables = {"params": saved["params"], **saved.get("model_state", {})}
-    batch = probe_batch(run.train_split, settings.batch_size, settings.seed)
+    batch = probe_batch(finished.run.train_split, settings.batch_size, settings.seed)
     batches = {key: value[None] for key, value in batch.items()}
     start = time.time()
-    result = adapters.hessian_trace(run.ctx.model, variables, batches, settings.num_probes, settings.seed)
+    result = adapters.hessian_trace(
+        finished.run.ctx.model, variables, batches, settings.num_probes, settings.seed
+    )
     return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
 
 
-def start_and_teacher_accuracy(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def start_and_teacher_accuracy(finished: FinishedRun) -> dict:
     """Test accuracy of a QAT run's starting point, the network its first step sees (init,
     ``init_from`` loaded, quantizers calibrated: rebuilt from the config), and, for a method
-    with an EMA teacher, of that teacher in the final checkpoint of ``workdir``."""
+    with an EMA teacher, of that teacher in the run's final checkpoint."""
     from jaxquant.methods.common import TeacherMethod, split_model_variables
-    from jaxquant.train.checkpoint import load_raw
-    from jaxquant.train.loop import build_run, create_train_state, evaluate, make_eval_step
+    from jaxquant.train.loop import create_train_state
 
-    run = build_run(config)
-    eval_step = make_eval_step(run.ctx.model)
-
-    def accuracy(params, model_state) -> float:
-        batch_size = config.data.eval_batch_size
-        return evaluate(eval_step, params, model_state, run.test_split, batch_size, run.mesh)["accuracy"]
-
+    run = finished.run
     start = create_train_state(run, total_steps=1)
-    result = {"status": OK, "start_accuracy": float(accuracy(start.params, start.model_state))}
-    if isinstance(run.method, TeacherMethod) and run.method.ema_teacher(config):
-        _, saved = load_raw(workdir)
-        result["teacher_accuracy"] = float(accuracy(*split_model_variables(saved["extra"]["teacher"])))
+    result = {"status": OK, "start_accuracy": finished.test_accuracy(start.params, start.model_state)}
+    if isinstance(run.method, TeacherMethod) and run.method.ema_teacher(finished.config):
+        teacher = split_model_variables(finished.saved["extra"]["teacher"])
+        result["teacher_accuracy"] = finished.test_accuracy(*teacher)
     return result
 
 
 BN_IMAGES = 2048
 
 
-def bn_reestimated_accuracy(
-    config: ml_collections.ConfigDict, workdir: str, num_images: int = BN_IMAGES
-) -> dict[str, Any]:
-    """Test accuracy of the final checkpoint in ``workdir`` after its BatchNorm statistics are
+def bn_reestimated_accuracy(finished: FinishedRun, num_images: int = BN_IMAGES) -> dict[str, Any]:
+    """Test accuracy of the run's final checkpoint after its BatchNorm statistics are
     re-estimated (:func:`~jaxquant.train.batchnorm.reestimate_batch_stats`) on ``num_images``
     clean training images drawn with ``config.seed``."""
     from jaxquant.data.pipeline import calibration_images
     from jaxquant.train.batchnorm import reestimate_batch_stats
-    from jaxquant.train.checkpoint import load_raw
-    from jaxquant.train.loop import build_run, evaluate, make_eval_step
 
-    run = build_run(config)
-    _, saved = load_raw(workdir)
-    images = calibration_images(run.train_split, num_images, config.seed)
-    params = saved["params"]
+    run, saved, seed = finished.run, finished.saved, finished.config.seed
+    images = calibration_images(run.train_split, num_images, seed)
     model_state = reestimate_batch_stats(
-        run.ctx.model, params, saved.get("model_state", {}), images, jax.random.PRNGKey(config.seed)
+        run.ctx.model, saved["params"], saved.get("model_state", {}), images, jax.random.PRNGKey(seed)
     )
-    eval_step, batch_size = make_eval_step(run.ctx.model), config.data.eval_batch_size
-    result = evaluate(eval_step, params, model_state, run.test_split, batch_size, run.mesh)
-    return {"status": OK, "accuracy": float(result["accuracy"]), "num_images": int(len(images))}
+    accuracy = finished.test_accuracy(saved["params"], model_state)
+    return {"status": OK, "accuracy": accuracy, "num_images": int(len(images))}
 
 
 class Study:
@@ -344,13 +364,13 @@ class Study:
         BatchNorm re-estimation and of the starting point; save the record as finished. A
         failed analysis is recorded and retried on the next call; the training is kept."""
         record = dict(record)
-        config = self.run_config(spec)
+        finished = FinishedRun(self.run_config(spec), workdir)
         measures = []
         if spec.trace:
-            measures.append(("trace", lambda: checkpoint_trace(config, workdir, self.trace_settings)))
+            measures.append(("trace", lambda: checkpoint_trace(finished, self.trace_settings)))
         if spec.qat_analyses:
-            measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(config, workdir)))
-            measures.append(("start", lambda: start_and_teacher_accuracy(config, workdir)))
+            measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(finished)))
+            measures.append(("start", lambda: start_and_teacher_accuracy(finished)))
         for key, measure in measures:
             if (record.get(key) or {}).get("status") == OK:
                 continue
