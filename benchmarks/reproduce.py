@@ -81,8 +81,9 @@ ASSUMED_COST_VS_LSQ = {
 }
 ASSUMED_DNQ_COST_VS_FP = 1.3
 ASSUMED_PTQ_COST_PER_BITS = 0.1  # calibration + one test-set evaluation, in FP epochs
-# One final-checkpoint trace (10 probes, 128 images, compile included) in LSQ epochs, measured
-# with the curvature branch's estimator: 20.5 CPU-s against 54 CPU-s for an LSQ epoch.
+# One final-checkpoint trace (10 probes, 128 images, compile included) in LSQ epochs, used only
+# by --measure-cost on a checkout without the trace estimator. Measured 20.5 against 54 CPU-s
+# under heavy load (0.38); at idle 8.3 against 47.6 CPU-s (0.18), so this errs on the high side.
 ASSUMED_TRACE_IN_LSQ_EPOCHS = 0.38
 
 
