@@ -45,19 +45,30 @@ def main() -> None:
                 stage = by_stage.setdefault(row.pop("stage"), {})
                 for column, value in row.items():
                     stage.setdefault(column, []).append(100 * value)
-    columns = list(next(iter(by_stage.values())))
-    print(f"\ntest accuracy (%), mean ± std over seeds {seeds}")
-    print("stage    " + "  ".join(c.removesuffix("_accuracy").rjust(14) for c in columns))
+    columns = list(dict.fromkeys(c for values in by_stage.values() for c in values))
+    print(f"\ntest accuracy (%), mean ± std (n − 1) over seeds {seeds}; a DNQ row is its PTQ at")
+    print("the width its noise was matched to (method.target_bits); fp_accuracy is before PTQ")
+    print("stage              " + "  ".join(c.removesuffix("_accuracy").rjust(14) for c in columns))
     for stage, values in by_stage.items():
-        cells = [f"{np.mean(values[c]):6.2f} ± {np.std(values[c]):5.2f}" for c in columns]
-        print(f"{stage:<9}" + "  ".join(cells))
-    print("\nper seed (DNQ − FP, points):")
-    stages = list(by_stage)
-    if len(stages) == 2:
-        first, second = (by_stage[name] for name in stages)
-        for column in columns:
-            deltas = np.subtract(second[column], first[column])
-            print(f"  {column.removesuffix('_accuracy'):>5}: " + "  ".join(f"{d:+.2f}" for d in deltas))
+        cells = [mean_std(values[c]) if c in values else "-".rjust(14) for c in columns]
+        print(f"{stage:<19}" + "  ".join(cells))
+    reference = by_stage.get("fp_ptq", {})
+    print("\nper seed (DNQ trained for b bits − FP, PTQ at b bits, points):")
+    for stage, values in by_stage.items():
+        if stage == "fp_ptq":
+            continue
+        for column in (c for c in values if c != "fp_accuracy" and c in reference):
+            deltas = np.subtract(values[column], reference[column])
+            print(
+                f"  {stage:<19} {column.removesuffix('_accuracy'):>5}: "
+                + "  ".join(f"{d:+.2f}" for d in deltas)
+            )
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` (n − 1; 0 for one value), 14 characters wide."""
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):6.2f} ± {std:5.2f}"
 
 
 if __name__ == "__main__":

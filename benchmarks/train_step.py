@@ -1,6 +1,7 @@
 """Train-step throughput per method, measured side by side in one run.
 
-Times the jitted train step of ResNet-20 (default) at batch 128 on random 32×32×3 inputs,
+Times the jitted train step of ResNet-20 (default) at batch 128 on random 32×32×3 inputs
+(``--image_size``, ``--channels``: 28 and 1 for the Fashion-MNIST models),
 after warm-up, for each method in ``--methods`` (default ``fp,lsq``; ``all`` = every
 registered method). Repetitions are interleaved (fp, lsq, fp, lsq, ...) so that load
 changes on a shared machine hit every method alike. Prints images/s (median and range over
@@ -44,6 +45,7 @@ def parse_args(argv):
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3, help="input channels (1 for Fashion-MNIST)")
     parser.add_argument("--w_bits", type=int, default=4)
     parser.add_argument("--a_bits", type=int, default=4)
     parser.add_argument("--repetitions", type=int, default=5, help="interleaved timing rounds")
@@ -52,10 +54,10 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def random_split(num_images: int, size: int, seed: int = 0):
-    """Random 32×32×3 images with 10 random labels, as a data split."""
+def random_split(num_images: int, size: int, seed: int = 0, channels: int = 3):
+    """Random ``size × size × channels`` images with 10 random labels, as a data split."""
     rng = np.random.default_rng(seed)
-    images = rng.random((num_images, size, size, 3), dtype=np.float32)
+    images = rng.random((num_images, size, size, channels), dtype=np.float32)
     labels = rng.integers(0, 10, num_images)
     return array_split("random", images, labels, num_classes=10, scale=1.0, mean=0.5, std=0.29)
 
@@ -100,7 +102,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"benchmark: error: --methods {unknown} unknown: allowed {sorted(METHODS)} or 'all'")
-    split = random_split(4 * args.batch, args.image_size)
+    split = random_split(4 * args.batch, args.image_size, channels=args.channels)
     teacher_dir = tempfile.mkdtemp(prefix="bench_teacher_")
     if any(METHODS[m].needs_teacher for m in methods):
         save_random_teacher(args, split, teacher_dir)
@@ -110,7 +112,8 @@ def main(argv=None) -> None:
         f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}"
     )
     print(
-        f"# {args.model}, batch {args.batch}, {args.image_size}x{args.image_size}x3 random inputs, "
+        f"# {args.model}, batch {args.batch}, "
+        f"{args.image_size}x{args.image_size}x{args.channels} random inputs, "
         f"W{args.w_bits}A{args.a_bits} for quantized methods; {args.repetitions} interleaved rounds "
         f"of {args.steps} steps after {args.warmup} warm-up steps"
     )

@@ -56,6 +56,31 @@ def fashion_mnist(method: str) -> ml_collections.ConfigDict:
     return config
 
 
+CNN6_FP_LEARNING_RATE = 0.1
+CNN6_FP_EPOCHS = 10
+CNN6_QAT_EPOCHS = 3
+
+
+def fashion_cnn6(method: str) -> ml_collections.ConfigDict:
+    """``method`` on Fashion-MNIST with the study model ``cnn6`` (six convs, five of them
+    low-bit; ``jaxquant/models/vgg.py``): batch 256, pad-2 crops and flips as
+    :func:`fashion_mnist`; FP 10 epochs at lr 0.1, QAT 3 epochs at lr 0.01 (W2A2 by default),
+    test accuracy every epoch."""
+    config = fashion_mnist(method)
+    config.name = f"{method}_fashion_cnn6"
+    config.model.name = "cnn6"
+    config.model.kwargs = {}
+    if method == "fp":
+        config.optim.learning_rate = CNN6_FP_LEARNING_RATE
+        config.train.num_epochs = CNN6_FP_EPOCHS
+    else:
+        config.quant.w_bits = config.quant.a_bits = 2
+        config.train.num_epochs = CNN6_QAT_EPOCHS
+    config.train.eval_every = 234  # one epoch at batch 256
+    config.train.log_every = 117
+    return config
+
+
 def cifar(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """``method`` under the group protocol; ``arg = "<dataset>,<model>"`` (default
     ``cifar10,resnet18``), e.g. ``--config configs/pact_cifar.py:cifar100,mobilenet_v2``.

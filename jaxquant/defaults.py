@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.quant.scheme = "asymmetric"  # asymmetric | symmetric
     config.quant.init = "minmax"  # minmax | lsq
     config.quant.grad_scale = True
+    # N of an input quantizer's LSQ gradient scale 1/sqrt(N·Q_P): sample (LSQ paper: the
+    # features of one sample) | batch (MQBench: the whole batch tensor, B times smaller g)
+    config.quant.act_grad_scale_elements = "sample"
     config.quant.calibration_images = 100
 
     # Post-training quantization (mode = 'ptq', methods brief §5) of the FP run in init_from.
@@ -46,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.ptq.percentile = 99.99  # percentile observer: clip above the p-th percentile (in %)
     config.ptq.mse_grid = 100  # mse observer: clip ratios 1/G, 2/G, ..., 1
     config.ptq.calibration_images = 256
+    config.ptq.bn_reestimate = True  # re-estimate the FP network's BatchNorm on clean images first
 
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
@@ -68,6 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 0  # 0: only at the end
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
+    # BatchNorm re-estimation on clean training images (jaxquant/train/batchnorm.py): after
+    # calibration, before step 1 (and before an EMA teacher is copied), and after the last
+    # step, before the final evaluation, checkpoint and curvature probe.
+    config.train.bn_reestimate = "auto"  # auto (on for methods that quantize) | always | never
+    config.train.bn_reestimate_images = 2048
+    # at every log step: each loss term and its gradient-norm ratio to CE (term_*, grad_ratio_*)
+    config.train.log_loss_terms = True
 
     # Flatness measurements (jaxquant/curvature): mode=analyse and the training probe.
     config.curvature = ml_collections.ConfigDict()

@@ -4,7 +4,10 @@ For each bit setting of ``config.ptq.bits`` (``"8,6,4,3"`` means W8A8, W6A6, W4A
 an entry ``"w4a8"`` sets weights and activations apart), with no training:
 
 1. build the model with the quantization policy of ``config.quant`` at those bits (first and
-   last layer at ``quant.first_last_bits``) and load the FP weights of ``config.init_from``;
+   last layer at ``quant.first_last_bits``) and load the FP weights of ``config.init_from``,
+   whose BatchNorm statistics are first re-estimated on ``train.bn_reestimate_images`` clean
+   training images when ``ptq.bn_reestimate`` (a DNQ network's running statistics were
+   gathered under its training noise);
 2. calibrate every step size and zero point on ``ptq.calibration_images`` training images
    with the observer ``ptq.observer`` (``minmax``, ``percentile`` with ``ptq.percentile``,
    ``mse`` with ``ptq.mse_grid``), weights per output channel, inputs per tensor;
@@ -39,7 +42,16 @@ from jaxquant.quant.observers import OBSERVERS, check_grid, check_percentile
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy, check_choice
 from jaxquant.quant.quantizers import check_bits
 from jaxquant.train.checkpoint import load_raw
-from jaxquant.train.loop import evaluate, init_variables, load_pretrained, make_eval_step, write_config
+from jaxquant.train.loop import (
+    clean_batch_stats,
+    evaluate,
+    init_variables,
+    load_pretrained,
+    make_eval_step,
+    split_variables,
+    transfer_variables,
+    write_config,
+)
 from jaxquant.train.metrics import to_python
 
 REPORT_FILE = "ptq_report.json"
@@ -132,9 +144,17 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rng = jax.random.PRNGKey(config.seed)
     images = calibration_images(train_split, config.ptq.calibration_images, config.seed)
 
+    fp_model = create_model(config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
+    fp_params, fp_state = split_variables(
+        load_pretrained(config.init_from, init_variables(fp_model, train_split.image_shape, rng))
+    )
+    if config.ptq.bn_reestimate:
+        fp_state = clean_batch_stats(config, fp_model, train_split, mesh, fp_params, fp_state)
+    fp_variables = {"params": fp_params, "model_state": fp_state}
+
     def build_and_evaluate(policy: QuantPolicy, calibrated: bool):
         model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
-        variables = load_pretrained(config.init_from, init_variables(model, train_split.image_shape, rng))
+        variables = transfer_variables(init_variables(model, train_split.image_shape, rng), fp_variables)
         if calibrated:
             variables = calibrate(model, variables, images)
         variables = parallel.replicate(dict(variables), mesh)
@@ -175,6 +195,7 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "observer": config.ptq.observer,
         "observer_options": dict(observer_options(config.ptq)),
         "calibration_images": int(len(images)),
+        "bn_reestimate": bool(config.ptq.bn_reestimate),
         "first_last_bits": config.quant.first_last_bits,
         "fp_accuracy": float(fp_result["accuracy"]),
         "fp_loss": float(fp_result["loss"]),

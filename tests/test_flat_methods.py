@@ -1,6 +1,7 @@
 """FPQ, CR, MEC-Quant and KD train on digits from the FP fixture; teachers stay frozen (or
 follow the EMA rule for CR); bad enum fields fail with a one-line error; configs build."""
 
+import dataclasses
 import importlib
 
 import jax
@@ -34,6 +35,7 @@ VARIANTS = {
         "pair": "ema_two_views",
         "apply_to": "all_convs",
         "experts": 2,
+        "gates": "learned",
     },
 }
 
@@ -110,7 +112,9 @@ def test_ema_teacher_follows_the_ema_rule(trained, variant):
     fixed zero points are unchanged; the MEC gate logits are not part of the teacher."""
     run, initial, after_one, *_ = trained(variant)
     assert run.ctx.teacher_model is None
-    decay = get_method(run.config.method.name).options(run.config).ema_decay
+    ctx = dataclasses.replace(run.ctx, total_steps=STEPS)
+    decay = get_method(run.config.method.name).ema_decay_at(ctx, 1)
+    assert float(decay) == 0.5  # the Mean-Teacher warm-up: α_1 = min(1 − 1/2, α)
     teacher0, teacher1 = initial.extra["teacher"], after_one.extra["teacher"]
     student1 = {
         "params": {k: after_one.params[k] for k in teacher0["params"]},
@@ -134,9 +138,9 @@ def test_ema_teacher_follows_the_ema_rule(trained, variant):
     assert "mec_gate_logits" not in teacher1["params"]
 
 
-def test_mec_gate_logits_are_trained(trained):
-    _, initial, _, final, *_ = trained("mec")
-    assert initial.params["mec_gate_logits"].shape == (4,)
+def test_mec_learned_gate_logits_are_trained(trained):
+    _, initial, _, final, *_ = trained("mec_two_views_all_convs")
+    assert initial.params["mec_gate_logits"].shape == (2,)
     assert np.any(final.params["mec_gate_logits"] != initial.params["mec_gate_logits"])
 
 
@@ -149,6 +153,7 @@ def test_mec_gate_logits_are_trained(trained):
         ("mec", "pair", "['fp_teacher', 'ema_two_views']"),
         ("mec", "apply_to", "['penultimate', 'all_convs']"),
         ("mec", "logdet", "['taylor', 'exact']"),
+        ("mec", "gates", "['fixed', 'learned']"),
         ("fpq", "granularity", "['layer', 'sample']"),
         ("fpq", "position", "['after_quant', 'before_quant']"),
         ("fpq", "csd_reduction", "['batch', 'elements']"),

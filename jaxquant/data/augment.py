@@ -7,17 +7,27 @@ import jax.numpy as jnp
 
 
 def random_crop_flip(
-    rng: jax.Array, images: jax.Array, crop_padding: int = 0, flip: bool = False
+    rng: jax.Array,
+    images: jax.Array,
+    crop_padding: int = 0,
+    flip: bool = False,
+    pad_value: float = 0.0,
 ) -> jax.Array:
-    """Zero-pad each NHWC image by ``crop_padding``, crop back at a random offset, and flip
-    left-right with probability 1/2 when ``flip``. Identity when both are off."""
+    """Pad each NHWC image by ``crop_padding`` pixels of ``pad_value``, crop back at a random
+    offset, and flip left-right with probability 1/2 when ``flip``. Identity when both are off.
+
+    ``images`` are already normalised, so the border that stands for black must be the
+    normalised value of a raw zero pixel, ``(0 − mean)/std`` (:attr:`Split.pad_value
+    <jaxquant.data.sources.Split.pad_value>`), not 0.0 (which is the mean pixel: a grey band
+    that no test image has).
+    """
     if crop_padding == 0 and not flip:
         return images
     batch, height, width, _ = images.shape
     crop_rng, flip_rng = jax.random.split(rng)
     if crop_padding:
         p = crop_padding
-        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=pad_value)
         offsets = jax.random.randint(crop_rng, (batch, 2), 0, 2 * p + 1)
 
         def crop(image, offset):

@@ -44,6 +44,12 @@ class Split:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def pad_value(self) -> float:
+        """The normalised value of a raw zero (black) pixel, ``(0 − mean)/std``: what crop
+        padding fills the border with."""
+        return (0.0 - self.mean) / self.std
+
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         images, labels = self.read(np.asarray(indices))
         images = (images.astype(np.float32) - self.mean) / self.std

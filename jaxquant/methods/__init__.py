@@ -8,6 +8,7 @@ from jaxquant.methods.base import (
     Method,
     MethodContext,
     get_method,
+    method_param_names,
     policy_from_config,
     register_method,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "get_method",
+    "method_param_names",
     "policy_from_config",
     "register_method",
 ]

@@ -41,12 +41,14 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, Any]]]
 
 @dataclasses.dataclass(frozen=True)
 class MethodContext:
-    """What a method may use to build its loss: the config and the built models."""
+    """What a method may use to build its loss: the config, the built models, the run's
+    length and the training images' crop-padding value (:attr:`Split.pad_value`)."""
 
     config: ml_collections.ConfigDict
     model: nn.Module
     teacher_model: nn.Module | None = None
     total_steps: int = 0
+    pad_value: float = 0.0
 
 
 def policy_from_config(config: ml_collections.ConfigDict, **overrides) -> QuantPolicy:
@@ -61,6 +63,7 @@ def policy_from_config(config: ml_collections.ConfigDict, **overrides) -> QuantP
         scheme=q.scheme,
         init=q.init,
         grad_scale=q.grad_scale,
+        act_grad_scale_elements=q.act_grad_scale_elements,
     )
     fields.update(overrides)
     return QuantPolicy(**fields)
@@ -72,6 +75,8 @@ class Method:
     name: str = ""
     needs_teacher: bool = False
     defaults: ClassVar[dict[str, Any]] = {}
+    # top-level ``params`` entries that :meth:`extra_params` adds (not part of the model)
+    param_names: ClassVar[tuple[str, ...]] = ()
 
     def default_config(self) -> ml_collections.ConfigDict:
         """``config.method`` for this method: the shared block of :mod:`jaxquant.defaults`
@@ -121,6 +126,12 @@ def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``config.method.name = cls.name``."""
     METHODS[cls.name] = cls()
     return cls
+
+
+def method_param_names() -> frozenset[str]:
+    """Every registered method's own top-level ``params`` names (left out when a checkpoint's
+    weights are loaded into a model)."""
+    return frozenset(name for method in METHODS.values() for name in method.param_names)
 
 
 def get_method(name: str) -> Method:

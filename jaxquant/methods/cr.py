@@ -5,7 +5,12 @@ The LSQ student sees view ``A1 x``, a teacher sees view ``A2 x`` of the same bat
 ``L = CE(S(A1 x), y) + λ(t) · τ²·KL(softmax(T(A2 x)/τ) ‖ softmax(S(A1 x)/τ))``
 
 * ``teacher='ema'``: an EMA of the student's weights *and* step sizes (and BN statistics),
-  ``θ_T ← α·θ_T + (1 − α)·θ_S`` after every step, quantized like the student, no gradient;
+  ``θ_T ← α_t·θ_T + (1 − α_t)·θ_S`` after every step, quantized like the student, no
+  gradient. [design] ``α = 1 − 1/max(h_min, f·T)``: a time constant of
+  ``ema_horizon_fraction`` ``f`` (0.1) of the run's ``T`` steps and at least
+  ``ema_min_horizon`` ``h_min`` (10) steps, so a short run's teacher is not stuck at its start (the
+  brief's fixed ``α = 0.999`` is a 1000-step horizon; set ``ema_horizon_fraction=0`` to use
+  ``ema_decay``), with the Mean-Teacher warm-up ``α_t = min(1 − 1/(t + 1), α)``;
   ``teacher='fp'``: the frozen FP model of ``config.init_from``.
 * ``target='features'`` replaces the KL by the MSE of standardized penultimate features.
 * ``λ(t)`` ramps up over the first ``ramp_fraction`` of training
@@ -21,8 +26,10 @@ import jax.numpy as jnp
 from jaxquant.data.augment import random_cutout
 from jaxquant.methods.base import policy_from_config, register_method
 from jaxquant.methods.common import (
+    EMA_FIELDS,
     TeacherMethod,
     augment,
+    check_ema_fields,
     penultimate_features,
     student_forward,
     teacher_forward,
@@ -47,11 +54,11 @@ def labelled_mask(indices: jax.Array, unlabelled_fraction: float, seed: int) -> 
     return (u >= unlabelled_fraction).astype(jnp.float32)
 
 
-def second_view(config, opts, rng: jax.Array, images: jax.Array) -> jax.Array:
+def second_view(ctx, opts, rng: jax.Array, images: jax.Array) -> jax.Array:
     """``A2 x``: an independent draw of the configured augmentation, plus a cutout of
     ``cutout_fraction`` of the image side when ``second_view='cutout'``."""
     aug_rng, cutout_rng = jax.random.split(rng)
-    view = augment(config, aug_rng, images)
+    view = augment(ctx, aug_rng, images)
     if opts.second_view == "cutout":
         view = random_cutout(cutout_rng, view, round(opts.cutout_fraction * images.shape[1]))
     return view
@@ -63,7 +70,7 @@ class ConsistencyRegularization(TeacherMethod):
     defaults = {
         "teacher": "ema",  # ema | fp
         "target": "logits",  # logits | features
-        "ema_decay": 0.999,
+        **EMA_FIELDS,
         "max_weight": 1.0,
         "ramp_fraction": 0.25,
         "temperature": 1.0,
@@ -82,8 +89,7 @@ class ConsistencyRegularization(TeacherMethod):
         check_choice(opts.second_view, SECOND_VIEWS, "method.second_view")
         if not 0.0 <= opts.unlabelled_fraction < 1.0:
             raise ValueError(f"method.unlabelled_fraction={opts.unlabelled_fraction!r}: allowed 0 <= f < 1")
-        if not 0.0 <= opts.ema_decay <= 1.0:
-            raise ValueError(f"method.ema_decay={opts.ema_decay!r}: allowed values 0..1")
+        check_ema_fields(opts)
 
     def ema_teacher(self, config):
         return self.options(config).teacher == "ema"
@@ -100,7 +106,7 @@ class ConsistencyRegularization(TeacherMethod):
             _, logits, model_state, taps = student_forward(
                 ctx, params, state, batch["image"], student_rng, taps=features
             )
-            view2 = second_view(config, opts, view_rng, batch["image"])
+            view2 = second_view(ctx, opts, view_rng, batch["image"])
             teacher_logits, teacher_taps = teacher_forward(
                 teacher_model, state.extra["teacher"], view2, taps=features
             )
@@ -121,6 +127,8 @@ class ConsistencyRegularization(TeacherMethod):
                 "consistency_weight": weight,
                 "accuracy": accuracy(logits, batch["label"]),
             }
-            return ce + weight * consistency, {"model_state": model_state, "metrics": metrics}
+            terms = {"ce": ce, "consistency": weight * consistency}
+            aux = {"model_state": model_state, "metrics": metrics, "loss_terms": terms}
+            return ce + terms["consistency"], aux
 
         return loss_fn

@@ -58,7 +58,7 @@ class FPQ(TeacherMethod):
             )
             ce = cross_entropy(logits, batch["label"])
             metrics = {"ce": ce, "accuracy": accuracy(logits, batch["label"])}
-            loss = ce
+            terms = {"ce": ce}
             if opts.csd_weight:
                 _, teacher_taps = teacher_forward(
                     ctx.teacher_model, state.extra["teacher"], images, taps=True
@@ -67,7 +67,8 @@ class FPQ(TeacherMethod):
                     conv_outputs(taps), conv_outputs(teacher_taps), opts.csd_eps, opts.csd_reduction
                 )
                 metrics["csd"] = csd
-                loss = loss + opts.csd_weight * csd
-            return loss, {"model_state": model_state, "metrics": metrics}
+                terms["csd"] = opts.csd_weight * csd
+            aux = {"model_state": model_state, "metrics": metrics, "loss_terms": terms}
+            return sum(terms.values()), aux
 
         return loss_fn

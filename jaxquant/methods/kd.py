@@ -31,6 +31,7 @@ class KD(TeacherMethod):
             ce = cross_entropy(logits, batch["label"])
             kd = kd_loss(logits, teacher_logits, opts.temperature)
             metrics = {"ce": ce, "kd": kd, "accuracy": accuracy(logits, batch["label"])}
-            return ce + opts.kd_weight * kd, {"model_state": model_state, "metrics": metrics}
+            terms = {"ce": ce, "kd": opts.kd_weight * kd}
+            return ce + terms["kd"], {"model_state": model_state, "metrics": metrics, "loss_terms": terms}
 
         return loss_fn

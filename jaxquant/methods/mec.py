@@ -15,9 +15,15 @@ groups, per-group distortion, gates ``π = softmax(logits)``), its Taylor log-de
 * ``divide_by_batch`` divides ``L_MEC`` by ``m``: the coding length grows about linearly with
   the batch, so ``β`` keeps its meaning across batch sizes.
 
-The gate logits are trainable: the method adds them as the top-level ``params`` entry
-``mec_gate_logits`` (initialised to 0, uniform gates), so the optimiser updates them with
-the rest (no weight decay: not a kernel).
+Gates (``gates``, [design]): ``fixed`` (default) keeps them uniform, so the MoE term is the
+sum of the experts' coding lengths; ``learned`` makes the gate logits trainable as the
+top-level ``params`` entry ``mec_gate_logits`` (initialised to 0) and adds
+``gate_balance · KL(π ‖ uniform)`` (:func:`~jaxquant.objectives.coding_length.gate_balance`):
+trained on the very loss they weight, bare gates collapse onto the expert with the most
+negative coding length.
+
+The EMA teacher of ``pair='ema_two_views'`` follows ``cr``'s fields (``ema_horizon_fraction``,
+``ema_decay``, ``ema_warmup``).
 """
 
 import jax
@@ -25,19 +31,22 @@ import jax.numpy as jnp
 
 from jaxquant.methods.base import policy_from_config, register_method
 from jaxquant.methods.common import (
+    EMA_FIELDS,
     TeacherMethod,
+    check_ema_fields,
     conv_outputs,
     penultimate_features,
     student_forward,
     teacher_forward,
 )
 from jaxquant.objectives.classification import accuracy, cross_entropy
-from jaxquant.objectives.coding_length import lambda_warmup, mec_moe_loss
+from jaxquant.objectives.coding_length import gate_balance, lambda_warmup, mec_moe_loss
 from jaxquant.quant.policy import check_choice
 
 PAIRS = ("fp_teacher", "ema_two_views")
 APPLY_TO = ("penultimate", "all_convs")
 LOGDETS = ("taylor", "exact")
+GATE_MODES = ("fixed", "learned")
 GATES = "mec_gate_logits"
 
 
@@ -53,6 +62,7 @@ def representations(taps, apply_to: str) -> list[jax.Array]:
 @register_method
 class MECQuant(TeacherMethod):
     name = "mec"
+    param_names = (GATES,)
     defaults = {
         "beta": 1.0,
         "pair": "fp_teacher",  # fp_teacher | ema_two_views
@@ -62,7 +72,9 @@ class MECQuant(TeacherMethod):
         "logdet": "taylor",  # taylor | exact
         "lambda_warmup_fraction": 0.1,
         "apply_to": "penultimate",  # penultimate | all_convs
-        "ema_decay": 0.999,
+        "gates": "fixed",  # fixed (uniform) | learned (trainable logits + balance term)
+        "gate_balance": 1.0,  # learned gates: weight of KL(π ‖ uniform)
+        **EMA_FIELDS,
         "divide_by_batch": True,
     }
 
@@ -74,6 +86,10 @@ class MECQuant(TeacherMethod):
         check_choice(opts.pair, PAIRS, "method.pair")
         check_choice(opts.apply_to, APPLY_TO, "method.apply_to")
         check_choice(opts.logdet, LOGDETS, "method.logdet")
+        check_choice(opts.gates, GATE_MODES, "method.gates")
+        check_ema_fields(opts)
+        if opts.gate_balance < 0:
+            raise ValueError(f"method.gate_balance={opts.gate_balance!r} is negative: allowed >= 0")
         if not isinstance(opts.experts, int) or opts.experts < 1:
             raise ValueError(f"method.experts={opts.experts!r} must be a positive integer")
         if not isinstance(opts.taylor_order, int) or opts.taylor_order < 1:
@@ -83,7 +99,10 @@ class MECQuant(TeacherMethod):
         return self.options(config).pair == "ema_two_views"
 
     def extra_params(self, ctx):
-        return {GATES: jnp.zeros((self.options(ctx.config).experts,), jnp.float32)}
+        opts = self.options(ctx.config)
+        if opts.gates != "learned":
+            return {}
+        return {GATES: jnp.zeros((opts.experts,), jnp.float32)}
 
     def loss_fn(self, ctx):
         config = ctx.config
@@ -92,6 +111,7 @@ class MECQuant(TeacherMethod):
         teacher_model = self.teacher_model(ctx)
         warmup_steps = int(opts.lambda_warmup_fraction * ctx.total_steps)
         exact = opts.logdet == "exact"
+        learned = opts.gates == "learned"
 
         def coding_term(student_taps, teacher_taps, gate_logits, lambda_scale):
             pairs = zip(
@@ -108,7 +128,8 @@ class MECQuant(TeacherMethod):
 
         def loss_fn(params, state, batch, rng):
             rng1, rng2 = jax.random.split(rng)
-            teacher, gates = state.extra["teacher"], params[GATES]
+            teacher = state.extra["teacher"]
+            gates = params[GATES] if learned else jnp.zeros((opts.experts,), jnp.float32)
             view1, logits, model_state, taps1 = student_forward(
                 ctx, params, state, batch["image"], rng1, taps=True
             )
@@ -132,6 +153,12 @@ class MECQuant(TeacherMethod):
                 "lambda_scale": lambda_scale,
                 "accuracy": accuracy(logits, batch["label"]),
             }
-            return ce + opts.beta * coding, {"model_state": model_state, "metrics": metrics}
+            terms = {"ce": ce, "mec": opts.beta * coding}
+            if learned:
+                balance = gate_balance(gates)
+                metrics["gate_kl"] = balance
+                terms["gate_balance"] = opts.gate_balance * balance
+            aux = {"model_state": model_state, "metrics": metrics, "loss_terms": terms}
+            return sum(terms.values()), aux
 
         return loss_fn

@@ -67,6 +67,7 @@ class PACT(Method):
             ce, aux = supervised(params, state, batch, rng)
             penalty = 0.5 * sum_of_squares(params, "alpha")
             aux["metrics"]["alpha_l2"] = penalty
+            aux["loss_terms"] = {**aux["loss_terms"], "alpha_l2": decay * penalty}
             return ce + decay * penalty, aux
 
         return loss_fn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -9,11 +10,13 @@ import flax.linen as nn
 from jaxquant.models.mobilenet import MobileNetV1, MobileNetV2
 from jaxquant.models.resnet import resnet18, resnet20, resnet50
 from jaxquant.models.small_cnn import SmallCNN
+from jaxquant.models.vgg import cnn6
 from jaxquant.models.vit import vit_micro, vit_small, vit_tiny
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
+    "cnn6": cnn6,
     "resnet20": resnet20,
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -42,3 +45,12 @@ def create_model(name: str, num_classes: int, policy: QuantPolicy = FULL_PRECISI
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is unknown: allowed values {sorted(MODELS)}")
     return MODELS[name](num_classes=num_classes, policy=policy, **kwargs)
+
+
+def without_perturbations(model: nn.Module) -> nn.Module:
+    """``model`` with its policy's perturbation (FPQ's SFP, DNQ's Gaussian noise) removed, the
+    quantizers kept: what BatchNorm re-estimation and other clean passes in training mode run."""
+    policy = getattr(model, "policy", None)
+    if policy is None or policy.perturbation is None:
+        return model
+    return model.clone(policy=dataclasses.replace(policy, perturbation=None))

@@ -111,7 +111,7 @@ def mec_moe_loss(
     lambda_scale: jax.Array | float = 1.0,
     exact: bool = False,
 ) -> jax.Array:
-    """Mixture-of-experts MEC: ``Σ_k π_k · L_k``, ``π = softmax(gate_logits)``, ``K = len(π)``.
+    """Mixture-of-experts MEC: ``Σ_k K·π_k · L_k``, ``π = softmax(gate_logits)``, ``K = len(π)``.
 
     Rows of ``Z₁, Z₂`` are L2-normalised as in :func:`mec_loss`, then split into ``K``
     contiguous channel groups ``Z_{·,k}`` of ``d_k`` dimensions (:func:`expert_slices`).
@@ -120,16 +120,31 @@ def mec_moe_loss(
     carrying little energy (the tail of a long-tailed distribution) is not drowned by the
     others. Then ``L_k = −μ_k·logdet(I + λ_k Z_{1,k} Z_{2,k}ᵀ)`` with ``μ_k = (m + d_k)/2``,
     ``λ_k = lambda_scale · d_k/(m ε_k²)``, on the smaller of the ``d_k × d_k`` and ``m × m``
-    Grams. With ``K = 1`` the group norm is 1, so ``ε_1 = ε`` and this is :func:`mec_loss`.
+    Grams.
+
+    The coding lengths of independent groups add (the log-det of a block-diagonal matrix is
+    the sum of its blocks'), so the mixture weights ``K·π_k`` average 1: uniform gates give
+    the plain sum ``Σ_k L_k``, of the size of :func:`mec_loss` (a convex mixture ``Σ π_k L_k``
+    would be about ``1/K`` of it). With ``K = 1`` the group norm is 1, so ``ε_1 = ε`` and this
+    is :func:`mec_loss`.
     """
     m, d = z1.shape
     z1, z2 = l2_normalize_rows(z1), l2_normalize_rows(z2)
-    gates = jax.nn.softmax(gate_logits)
+    experts = gate_logits.shape[0]
+    weights = experts * jax.nn.softmax(gate_logits)
     total = jnp.zeros(())
-    for k, group in enumerate(expert_slices(d, gate_logits.shape[0])):
+    for k, group in enumerate(expert_slices(d, experts)):
         g1, g2 = z1[:, group], z2[:, group]
         d_k = g1.shape[1]
         energy = jax.lax.stop_gradient((jnp.mean(jnp.sum(g1**2, -1)) + jnp.mean(jnp.sum(g2**2, -1))) / 2)
         lam = lambda_scale * d_k / (m * eps_sq * jnp.maximum(energy, 1e-12))
-        total = total - gates[k] * (m + d_k) / 2 * cross_logdet(g1, g2, lam, order, exact)
+        total = total - weights[k] * (m + d_k) / 2 * cross_logdet(g1, g2, lam, order, exact)
     return total
+
+
+def gate_balance(gate_logits: jax.Array) -> jax.Array:
+    """``KL(π ‖ uniform) = Σ_k π_k·log(K·π_k)`` of the gates ``π = softmax(gate_logits)``:
+    0 for uniform gates, ``log K`` when one expert takes all. Added to learned gates, it keeps
+    them from collapsing onto the expert with the most negative coding length."""
+    log_gates = jax.nn.log_softmax(gate_logits)
+    return jnp.sum(jnp.exp(log_gates) * (log_gates + jnp.log(gate_logits.shape[0])))

@@ -58,7 +58,8 @@ def lsq_plus_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
         step.value, offset.value = lsq_plus_init(spec, x)
     s, beta = step.value, offset.value
     if spec.grad_scale:
-        g = qz.lsq_grad_scale(elements_per_step(x, spec.channel_axis, module.is_activation), rng.q_max)
+        n = elements_per_step(x, spec.channel_axis, module.is_activation, spec.act_grad_scale_elements)
+        g = qz.lsq_grad_scale(n, rng.q_max)
         s, beta = qz.scale_gradient(s, g), qz.scale_gradient(beta, g)
     s = jnp.abs(s) + 1e-12
     return baselines.fake_quantize_offset(x, s, beta, rng.q_min, rng.q_max), s

@@ -49,10 +49,18 @@ def stat_shape(x: jax.Array, channel_axis: int | None) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def elements_per_step(x: jax.Array, channel_axis: int | None, is_activation: bool) -> int:
-    """``N`` of the LSQ gradient scale: elements sharing one step (per sample for inputs)."""
+def elements_per_step(
+    x: jax.Array, channel_axis: int | None, is_activation: bool, act_elements: str = "sample"
+) -> int:
+    """``N`` of the LSQ gradient scale ``g = 1/sqrt(N·Q_P)``: the elements sharing one step.
+
+    For weights, the tensor (or one output channel). For activations ``act_elements`` picks
+    the convention: ``sample`` counts one sample's features (LSQ, Esser et al. 2020: "the
+    number of features in the layer"), ``batch`` the whole batch tensor as MQBench does
+    (``B`` times smaller ``g``; under a mesh ``B`` is the global batch).
+    """
     size = int(np.prod(x.shape))
-    if is_activation and x.ndim > 1:
+    if is_activation and x.ndim > 1 and act_elements == "sample":
         size //= x.shape[0]
     if channel_axis is not None:
         size //= x.shape[channel_axis]
@@ -111,7 +119,7 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
         step.value, zero.value = calibrated_step_and_zero_point(spec, x)
     s = step.value
     if spec.grad_scale:
-        n = elements_per_step(x, spec.channel_axis, module.is_activation)
+        n = elements_per_step(x, spec.channel_axis, module.is_activation, spec.act_grad_scale_elements)
         s = qz.scale_gradient(s, qz.lsq_grad_scale(n, rng.q_max))
     s = jnp.abs(s) + 1e-12
     return qz.fake_quantize(x, s, zero.value, rng.q_min, rng.q_max), s

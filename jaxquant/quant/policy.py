@@ -18,6 +18,7 @@ ROLES = ("first", "middle", "last")
 GRANULARITIES = ("channel", "tensor")
 SCHEMES = ("asymmetric", "symmetric")
 INITS = ("minmax", "lsq")
+ACT_GRAD_SCALE_ELEMENTS = ("sample", "batch")
 
 
 def check_choice(value: Any, allowed: tuple[str, ...] | list[str], field: str) -> Any:
@@ -44,10 +45,12 @@ class QuantizerSpec:
     observer: str = "minmax"
     observer_options: tuple[tuple[str, Any], ...] = ()
     grad_scale: bool = True
+    act_grad_scale_elements: str = "sample"  # N of an input's LSQ gradient scale: sample | batch
 
     def __post_init__(self):
         check_bits(self.bits)
         check_choice(self.init, INITS, "quant.init")
+        check_choice(self.act_grad_scale_elements, ACT_GRAD_SCALE_ELEMENTS, "quant.act_grad_scale_elements")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,7 @@ class QuantPolicy:
     scheme: str = "asymmetric"
     init: str = "minmax"
     grad_scale: bool = True
+    act_grad_scale_elements: str = "sample"
     act_signed: bool = False
     observer: str = "minmax"
     observer_options: tuple[tuple[str, Any], ...] = ()
@@ -112,6 +116,7 @@ class QuantPolicy:
         check_choice(self.act_granularity, GRANULARITIES, "quant.act_granularity")
         check_choice(self.scheme, SCHEMES, "quant.scheme")
         check_choice(self.init, INITS, "quant.init")
+        check_choice(self.act_grad_scale_elements, ACT_GRAD_SCALE_ELEMENTS, "quant.act_grad_scale_elements")
 
     @property
     def quantizes(self) -> bool:
@@ -156,6 +161,7 @@ class QuantPolicy:
                 signed=symmetric and (self.act_signed or role == "first"),
                 channel_axis=None if self.act_granularity == "tensor" else -1,
                 kind=act_kind,
+                act_grad_scale_elements=self.act_grad_scale_elements,
                 **common,
             )
         perturbation = self.perturbation
@@ -179,6 +185,7 @@ class QuantPolicy:
             observer=self.observer,
             observer_options=self.observer_options,
             grad_scale=self.grad_scale,
+            act_grad_scale_elements=self.act_grad_scale_elements,
         )
 
 

@@ -19,12 +19,13 @@ from jaxquant import parallel
 from jaxquant.curvature.monitor import CurvatureMonitor
 from jaxquant.data import TrainBatches, calibration_images, eval_batches, load_splits
 from jaxquant.data.sources import Split
-from jaxquant.methods import MethodContext, get_method
+from jaxquant.methods import MethodContext, get_method, method_param_names
 from jaxquant.methods.common import forward
 from jaxquant.models import create_model
 from jaxquant.objectives.classification import cross_entropy
 from jaxquant.quant.calibration import calibrate
-from jaxquant.quant.policy import FULL_PRECISION
+from jaxquant.quant.policy import FULL_PRECISION, check_choice
+from jaxquant.train.batchnorm import reestimate_batch_stats
 from jaxquant.train.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_raw
 from jaxquant.train.metrics import MetricsWriter, format_progress
 from jaxquant.train.optim import create_optimizer
@@ -60,6 +61,11 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     method = get_method(config.method.name)
     policy = method.policy(config)
     method.validate(config)
+    bn_reestimate_enabled(config, policy.quantizes)
+    if not isinstance(config.train.bn_reestimate_images, int) or config.train.bn_reestimate_images < 1:
+        raise ValueError(
+            f"train.bn_reestimate_images={config.train.bn_reestimate_images!r} must be a positive integer"
+        )
     if config.init_from:
         with init_from_errors(config.init_from):
             find_checkpoint(config.init_from)
@@ -74,7 +80,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
             )
         teacher = create_model(config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
     mesh = parallel.create_mesh(config.get("mesh"))
-    ctx = MethodContext(config=config, model=model, teacher_model=teacher)
+    ctx = MethodContext(config=config, model=model, teacher_model=teacher, pad_value=train_split.pad_value)
     return Run(config, method, ctx, train_split, test_split, mesh)
 
 
@@ -84,12 +90,20 @@ def init_variables(model, image_shape, rng) -> dict[str, Any]:
     return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
 
 
-def copy_matching(target, source, what: str):
+def is_quantizer_name(name: str) -> bool:
+    """Whether a module name is a quantizer's (``input_quant``, ``weight_quant``, ...)."""
+    return name.endswith("_quant")
+
+
+def copy_matching(target, source, what: str, skip=frozenset()):
     """``target`` with every leaf that ``source`` also has replaced by ``source``'s value.
 
-    Quantizer leaves (steps, zero points) exist only in the target and are kept. A source
-    leaf missing from the target, or of another shape, is an error: the checkpoint belongs
-    to a different model.
+    Leaves that only the target has (quantizer steps and zero points of a model loaded from an
+    FP run) are kept. A source subtree missing from the target is skipped when it belongs to
+    a quantizer (another estimator's state, e.g. PACT's ``alpha`` loaded into an LSQ or PTQ
+    model) or its top-level name is in ``skip`` (a method's own parameters, e.g. MEC's gate
+    logits); any other source leaf missing from the target, or of another shape, is an
+    error: the checkpoint belongs to a different model.
     """
     if not isinstance(source, dict):
         if np.shape(source) != np.shape(target):
@@ -102,6 +116,8 @@ def copy_matching(target, source, what: str):
     out = dict(target)
     for key, value in source.items():
         if key not in target:
+            if key in skip or any(is_quantizer_name(name) for name in (*what.split("/"), key)):
+                continue
             raise ValueError(
                 f"{what}/{key} is in the checkpoint but not in the model: "
                 "init_from must come from the same model.name"
@@ -119,16 +135,45 @@ def init_from_errors(path: str):
         raise CheckpointError(f"init_from={path!r} cannot be loaded: {error}") from error
 
 
-def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
-    """``variables`` with params and model state overwritten from the run at ``path``."""
-    with init_from_errors(path):
-        _, saved = load_raw(path)
+def transfer_variables(variables: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``variables`` with params and model state overwritten from a saved run's ``params`` and
+    ``model_state`` (:func:`copy_matching`; methods' own parameters are left out)."""
     out = dict(variables)
-    out["params"] = copy_matching(variables["params"], saved["params"], "params")
+    out["params"] = copy_matching(variables["params"], saved["params"], "params", method_param_names())
     for collection, values in saved.get("model_state", {}).items():
         if collection in variables:
             out[collection] = copy_matching(variables[collection], values, collection)
     return out
+
+
+def load_pretrained(path: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """``variables`` with params and model state overwritten from the run at ``path``."""
+    with init_from_errors(path):
+        _, saved = load_raw(path)
+    return transfer_variables(variables, saved)
+
+
+BN_REESTIMATE_CHOICES = ("auto", "always", "never")
+
+
+def bn_reestimate_enabled(config: ml_collections.ConfigDict, quantizes: bool) -> bool:
+    """``train.bn_reestimate``: ``always``, ``never``, or ``auto`` = for methods that quantize."""
+    choice = check_choice(config.train.bn_reestimate, BN_REESTIMATE_CHOICES, "train.bn_reestimate")
+    return choice == "always" or (choice == "auto" and quantizes)
+
+
+def clean_batch_stats(config, model, train_split: Split, mesh, params, model_state) -> dict[str, Any]:
+    """``model_state`` with BatchNorm statistics re-estimated on ``train.bn_reestimate_images``
+    clean (unaugmented) training images drawn with ``config.seed``, in chunks of
+    ``data.batch_size`` split over the mesh, with every perturbation off
+    (:func:`~jaxquant.train.batchnorm.reestimate_batch_stats`)."""
+    count = config.train.bn_reestimate_images
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"train.bn_reestimate_images={count!r} must be a positive integer")
+    images = calibration_images(train_split, count, config.seed)
+    chunk = min(config.data.batch_size, len(images))
+    place = lambda x: parallel.place_global_batch({"image": x}, mesh)["image"]
+    return reestimate_batch_stats(model, params, model_state, images, chunk, place)
 
 
 def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -155,6 +200,10 @@ def create_train_state(run: Run, total_steps: int):
         images = calibration_images(run.train_split, config.quant.calibration_images, config.seed)
         images = parallel.place_global_batch({"image": images}, run.mesh)["image"]
         variables = calibrate(run.ctx.model, run.place_state(variables), images)
+    if bn_reestimate_enabled(config, run.method.policy(config).quantizes):
+        params, model_state = split_variables(variables)
+        model_state = clean_batch_stats(config, run.ctx.model, run.train_split, run.mesh, params, model_state)
+        variables = {"params": params, **model_state}
     params, model_state = split_variables(variables)
     params = {**params, **run.method.extra_params(run.ctx)}
     tx, _ = create_optimizer(config.optim, total_steps)
@@ -207,6 +256,44 @@ def make_train_step(run: Run, total_steps: int, state_sharding=None):
         out_shardings=(state_sharding, parallel.replicated(run.mesh)),
         donate_argnums=0,
     )
+
+
+def loss_term_grads(loss_fn, params, state, batch, rng) -> dict[str, jax.Array]:
+    """Each weighted loss term of ``aux['loss_terms']`` with the norm of its own gradient and
+    that norm's ratio to cross-entropy's: ``term_<t>``, ``grad_norm_<t>`` = ``‖∇_θ t‖`` and
+    ``grad_ratio_<t>`` = ``‖∇_θ t‖ / ‖∇_θ CE‖`` (global L2 norms over all trained
+    parameters), so a user sees whether a regulariser moves the weights at all."""
+    terms = loss_fn(params, state, batch, rng)[1]["loss_terms"]
+    out = {}
+    for name in terms:
+        term = lambda p, name=name: loss_fn(p, state, batch, rng)[1]["loss_terms"][name]
+        value, grads = jax.value_and_grad(term)(params)
+        out[f"term_{name}"] = value
+        out[f"grad_norm_{name}"] = optax.tree.norm(grads)
+    for name in terms:
+        if name != "ce":
+            out[f"grad_ratio_{name}"] = out[f"grad_norm_{name}"] / (out["grad_norm_ce"] + 1e-12)
+    return out
+
+
+def make_loss_terms_step(run: Run, total_steps: int):
+    """The jitted ``(state, batch) -> metrics`` of :func:`loss_term_grads` at ``state``, or
+    ``None`` when ``train.log_loss_terms`` is off."""
+    if not run.config.train.log_loss_terms:
+        return None
+    ctx = dataclasses.replace(run.ctx, total_steps=total_steps)
+    loss_fn = run.method.loss_fn(ctx)
+
+    def terms_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        return loss_term_grads(loss_fn, state.params, state, batch, rng)
+
+    return jax.jit(terms_step)
+
+
+def has_regularisers(terms_step, state, batch) -> bool:
+    """Whether the loss of ``terms_step`` has a term besides CE (traced, not compiled)."""
+    return any(key.startswith("grad_ratio_") for key in jax.eval_shape(terms_step, state, batch))
 
 
 def make_eval_step(model):
@@ -294,23 +381,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     train_step = make_train_step(run, total_steps, run.state_sharding(state))
     eval_step = make_eval_step(run.ctx.model)
+    terms_step, has_terms = make_loss_terms_step(run, total_steps), None
     log_every = max(1, config.train.log_every)
     last_time, last_step = time.time(), start_step
     batch_iter = batches.iterate(start_step)
     final_result = None  # the last step's evaluation; a finished run resumed has none yet
+    reestimate = bn_reestimate_enabled(config, run.method.policy(config).quantizes)
     for step in range(start_step, total_steps):
         batch = parallel.shard_batch(next(batch_iter), run.mesh)
-        state, step_metrics = train_step(state, batch)
         done = step + 1
         is_last = done == total_steps
-        if done % log_every == 0 or is_last:
-            values = jax.device_get(step_metrics)
+        logs = done % log_every == 0 or is_last
+        term_values, diagnostic_start = {}, time.time()
+        if logs and terms_step is not None:
+            # at the state the step starts from, with its rng: the terms sum to its loss
+            if has_terms is None:
+                has_terms = has_regularisers(terms_step, state, batch)
+            if has_terms:
+                term_values = jax.device_get(terms_step(state, batch))
+        last_time += time.time() - diagnostic_start  # the diagnostic's time counts in no rate
+        state, step_metrics = train_step(state, batch)
+        if is_last and reestimate:
+            model_state = clean_batch_stats(
+                config, run.ctx.model, run.train_split, run.mesh, state.params, state.model_state
+            )
+            state = state.replace(model_state=run.place_state(model_state))
+        if logs:
+            values = {**jax.device_get(step_metrics), **term_values}
             check_finite(values, done, checkpointer)
             now = time.time()
             rate = (done - last_step) / max(now - last_time, 1e-9)
             last_time, last_step = now, done
             metrics.write("train", done, {**values, "steps_per_sec": rate})
             shown = {k: values[k] for k in ("loss", "accuracy") if k in values}
+            ratios = {k: v for k, v in values.items() if k.startswith("grad_ratio_")}
+            shown.update({f"{k.removeprefix('grad_ratio_')}/ce": v for k, v in ratios.items()})
             print(f"[{config.name}] " + format_progress(done, total_steps, rate, shown), flush=True)
         if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
             result = evaluate(
