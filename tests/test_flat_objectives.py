@@ -190,7 +190,8 @@ def test_moe_formula_with_two_experts():
         d_k = g1.shape[1]
         eps_k_sq = eps_sq * ((g1**2).sum(1).mean() + (g2**2).sum(1).mean()) / 2
         lam = d_k / (m * eps_k_sq)
-        expected -= gates[k] * (m + d_k) / 2 * np.linalg.slogdet(np.eye(m) + lam * g1 @ g2.T)[1]
+        # mixture weights K·π_k (K = 2): uniform gates sum the experts' coding lengths
+        expected -= 2 * gates[k] * (m + d_k) / 2 * np.linalg.slogdet(np.eye(m) + lam * g1 @ g2.T)[1]
     value = jax.jit(mec_moe_loss, static_argnums=(3, 4, 5, 6))(
         jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(logits), eps_sq, 4, 1.0, True
     )

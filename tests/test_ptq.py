@@ -58,7 +58,9 @@ def test_cli_reports_bad_ptq_input_in_one_line(tmp_path):
 
 def test_ptq_8_bits_is_within_one_point_of_fp_as_a_pipeline_stage(fp_digits_run, tmp_path):
     config = tiny_config(mode="pipeline")
-    config.stages = {"ptq": {"mode": "ptq", "init_from": fp_digits_run, "ptq": {"bits": "8"}}}
+    # without re-estimation the FP row is the FP run's own evaluation
+    ptq = {"bits": "8", "bn_reestimate": False}
+    config.stages = {"ptq": {"mode": "ptq", "init_from": fp_digits_run, "ptq": ptq}}
     summary = run_mode(config, str(tmp_path))
     report = read_report(str(tmp_path / "ptq"))
     with open(os.path.join(fp_digits_run, "summary.json")) as f:
@@ -70,7 +72,7 @@ def test_ptq_8_bits_is_within_one_point_of_fp_as_a_pipeline_stage(fp_digits_run,
     steps = result["step_sizes"]
     assert len(steps["conv0/weight_quant"]) == 16  # per output channel of the first conv
     assert isinstance(steps["conv1/input_quant"], float) and steps["conv1/input_quant"] > 0
-    assert report["calibration_images"] == 256
+    assert report["calibration_images"] == 256 and report["bn_reestimate"] is False
     (row,) = summary["stages"]
     assert row["method"] == "ptq:minmax" and row["w_bits"] == 8 and row["steps"] == 200
     assert "w8a8_accuracy" in summary["table"]

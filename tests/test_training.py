@@ -92,7 +92,9 @@ def test_resume_from_a_checkpoint_gives_exactly_the_uninterrupted_run(tmp_path):
 
 
 def test_qat_from_init_from_copies_the_fp_weights_then_calibrates(fp_digits_run):
-    run = build_run(tiny_config(method__name="lsq", init_from=fp_digits_run))
+    """With ``train.bn_reestimate='never'`` the FP statistics are copied as they are (the
+    default re-estimates them: tests/test_signal.py)."""
+    run = build_run(tiny_config(method__name="lsq", init_from=fp_digits_run, train__bn_reestimate="never"))
     state = create_train_state(run, 20)
     _, saved = load_raw(fp_digits_run)
     fp_params, qat_params = leaves_by_path(saved["params"]), leaves_by_path(state.params)
