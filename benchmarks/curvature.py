@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant import curvature, parallel
+from jaxquant import curvature
 from jaxquant.data.sources import array_split
 from jaxquant.defaults import get_config
-from jaxquant.methods import MethodContext, get_method
-from jaxquant.models import create_model
-from jaxquant.train.loop import Run, create_train_state, make_train_step
+from jaxquant.train.loop import make_train_step
+from jaxquant.train.setup import build_run, create_train_state
 
 BATCH = 128
 
@@ -40,9 +39,9 @@ def build(method_name: str):
     images = rng.integers(0, 256, (2 * BATCH, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 10, 2 * BATCH)
     split = array_split("random", images, labels, 10, 255.0, 0.5, 0.25)
-    method = get_method(method_name)
-    model = create_model("resnet20", 10, method.policy(config))
-    run = Run(config, method, MethodContext(config, model), split, split, parallel.create_mesh())
+    config.model.name = "resnet20"
+    config.train.num_steps = 1000
+    run = build_run(config, splits=(split, split))
     return run, split.batch(np.arange(BATCH))
 
 
@@ -71,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
 
     run, batch = build(args.method)
-    state = create_train_state(run, total_steps=1000)
-    train_step = make_train_step(run, total_steps=1000)
+    state = create_train_state(run)
+    train_step = make_train_step(run)
     device_batch = jax.device_put(batch)
     stacked = {k: v[None] for k, v in batch.items()}
     variables = jax.tree.map(jnp.copy, state.variables)  # the train step donates the state's buffers

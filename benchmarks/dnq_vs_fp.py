@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from jaxquant.modes import run_mode
+from jaxquant.study import stats
 
 
 def load_config(path: str):
@@ -66,9 +67,10 @@ def main() -> None:
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± sample std`` (n − 1; 0 for one value), 14 characters wide."""
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):6.2f} ± {std:5.2f}"
+    """``mean ± sample std`` (:func:`jaxquant.study.stats.mean_std`, n − 1; 0 for one value),
+    14 characters wide."""
+    mean, std = stats.mean_std(values)
+    return f"{mean:6.2f} ± {std or 0.0:5.2f}"
 
 
 if __name__ == "__main__":

@@ -28,12 +28,10 @@ def measure(batch_size: int, steps: int) -> dict:
     import numpy as np
 
     from jaxquant import parallel
-    from jaxquant.data import TrainBatches
     from jaxquant.data.sources import array_split
     from jaxquant.defaults import get_config
-    from jaxquant.methods import MethodContext, get_method
-    from jaxquant.models import create_model
-    from jaxquant.train.loop import Run, create_train_state, make_train_step
+    from jaxquant.train.loop import make_train_step
+    from jaxquant.train.setup import build_run, create_train_state
 
     config = get_config()
     config.method.name, config.model.name, config.data.batch_size = "lsq", "resnet20", batch_size
@@ -41,14 +39,12 @@ def measure(batch_size: int, steps: int) -> dict:
     size = batch_size * (steps + 2)
     images, labels = rng.random((size, 32, 32, 3), np.float32), rng.integers(0, 10, size)
     split = array_split("synthetic", images, labels, num_classes=10, scale=1.0, mean=0.5, std=0.25)
-    method = get_method("lsq")
-    model = create_model("resnet20", 10, method.policy(config))
-    mesh = parallel.create_mesh(config.mesh)
-    parallel.check_divisible_over_mesh(batch_size, mesh, "--batch")
-    run = Run(config, method, MethodContext(config, model), split, split, mesh)
-    state = create_train_state(run, steps + 2)
-    train_step = make_train_step(run, steps + 2, run.state_sharding(state))
-    batches = TrainBatches(split, batch_size, config.seed)
+    config.train.num_steps = steps + 2
+    run = build_run(config, splits=(split, split))
+    mesh = run.mesh
+    state = create_train_state(run)
+    train_step = make_train_step(run, run.state_sharding(state))
+    batches = run.batches
     for step in range(2):  # compile, then one warm step
         state, metrics = train_step(state, parallel.shard_batch(batches[step], mesh))
     jax.block_until_ready(metrics)

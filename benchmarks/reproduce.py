@@ -403,10 +403,7 @@ def project_cost(
 
 
 def time_trace(settings: StudySettings, workdir: str) -> dict | None:
-    """Wall and CPU time of the final-checkpoint Hessian trace of the run in ``workdir``, or
-    None when this checkout has no trace estimator."""
-    if adapters.curvature_tools() is None:
-        return None
+    """Wall and CPU time of the final-checkpoint Hessian trace of the run in ``workdir``."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     start, cpu_start = time.time(), time.process_time()

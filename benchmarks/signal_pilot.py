@@ -27,13 +27,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import common  # noqa: E402
-from jaxquant.train.loop import (  # noqa: E402
-    build_run,
-    create_train_state,
-    evaluate,
-    make_eval_step,
-    train_and_evaluate,
-)
+from jaxquant.train.loop import evaluate, make_eval_step, train_and_evaluate  # noqa: E402
+from jaxquant.train.setup import build_run, create_train_state  # noqa: E402
 
 QAT_METHODS = ("lsq", "fpq", "cr", "mec")
 
@@ -62,7 +57,7 @@ def loss_term_ratios(workdir: str) -> dict[str, float]:
 def start_accuracy(config) -> float:
     """Test accuracy of a QAT run's first state (calibrated, before step 1)."""
     run = build_run(config)
-    state = create_train_state(run, 1)
+    state = create_train_state(run)
     result = evaluate(
         make_eval_step(run.ctx.model),
         state.params,

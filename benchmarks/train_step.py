@@ -18,7 +18,6 @@ and passed as ``init_from``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -31,12 +30,12 @@ import jax
 import numpy as np
 
 from jaxquant import parallel
-from jaxquant.data.pipeline import TrainBatches
 from jaxquant.data.sources import array_split
 from jaxquant.defaults import get_config
 from jaxquant.methods import METHODS
 from jaxquant.train.checkpoint import Checkpointer
-from jaxquant.train.loop import build_run, create_train_state, make_train_step
+from jaxquant.train.loop import make_train_step
+from jaxquant.train.setup import build_run, create_train_state
 
 
 def parse_args(argv):
@@ -78,21 +77,19 @@ def method_config(args, method: str, teacher_dir: str):
 
 def build(config, split):
     """``(train_step, state, batches)`` for ``config`` on ``split``, compiled and warmed up."""
-    run = dataclasses.replace(build_run(config), train_split=split, test_split=split)
-    total = config.train.num_steps
-    state = parallel.replicate(create_train_state(run, total), run.mesh)
-    train_step = make_train_step(run, total)
-    batches = TrainBatches(split, config.data.batch_size, config.seed)
-    device_batches = [parallel.shard_batch(batches[i], run.mesh) for i in range(4)]
+    run = build_run(config, splits=(split, split))
+    state = parallel.replicate(create_train_state(run), run.mesh)
+    train_step = make_train_step(run)
+    device_batches = [parallel.shard_batch(run.batches[i], run.mesh) for i in range(4)]
     return train_step, state, device_batches
 
 
 def save_random_teacher(args, split, directory: str) -> None:
     """A randomly initialised FP model of the benchmarked architecture, as a checkpoint."""
     config = method_config(args, "fp", directory)
-    run = dataclasses.replace(build_run(config), train_split=split, test_split=split)
+    run = build_run(config, splits=(split, split))
     checkpointer = Checkpointer(os.path.join(directory, "checkpoints"))
-    checkpointer.save(0, create_train_state(run, 1))
+    checkpointer.save(0, create_train_state(run))
     checkpointer.close()
 
 

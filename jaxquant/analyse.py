@@ -19,7 +19,6 @@ Writes ``analysis.json`` and the PNG plots ``density.png``, ``eigenvalues.png``,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -35,60 +34,8 @@ from jaxquant.curvature.density import gaussian_density
 from jaxquant.curvature.landscape import losses_at
 from jaxquant.curvature.monitor import curvature_split
 from jaxquant.data import fixed_batches
-from jaxquant.modes import register_mode
-from jaxquant.pipeline import format_table
-from jaxquant.train.checkpoint import CheckpointError
-from jaxquant.train.loop import Run, build_run, init_variables, load_pretrained
-
-
-@dataclasses.dataclass
-class TrainedRun:
-    """A training run rebuilt from its workdir: its config, model and trained variables."""
-
-    name: str
-    workdir: str
-    run: Run
-    variables: dict[str, Any]
-    summary: dict[str, Any]
-
-    @property
-    def model(self):
-        return self.run.ctx.model
-
-    @property
-    def quantized(self) -> bool:
-        return self.run.method.policy(self.run.config).quantizes
-
-
-def tuples(value):
-    """JSON turned the tuples of a config into lists; models want them back as tuples."""
-    if isinstance(value, list | tuple):
-        return tuple(tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: tuples(v) for k, v in value.items()}
-    return value
-
-
-def load_trained_run(workdir: str) -> TrainedRun:
-    """Rebuild the model of the run in ``workdir`` from its ``config.json`` and load its
-    latest checkpoint; a missing workdir, config or checkpoint is a :class:`CheckpointError`."""
-    path = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {workdir!r} does not exist")
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
-        raise CheckpointError(
-            f"{workdir!r} has no config.json: config.checkpoints takes workdirs of training runs"
-        )
-    with open(config_path) as f:
-        fields = json.load(f)
-    fields["model"]["kwargs"] = tuples(fields["model"].get("kwargs", {}))
-    run = build_run(ml_collections.ConfigDict(fields))
-    template = init_variables(run.ctx.model, run.train_split.image_shape, jax.random.PRNGKey(0))
-    variables = load_pretrained(path, template)
-    summary_path = os.path.join(path, "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
-    return TrainedRun(run.config.name, path, run, variables, summary)
+from jaxquant.train.metrics import format_table
+from jaxquant.train.setup import LoadedRun, load_run
 
 
 def measure_flatness(
@@ -153,7 +100,7 @@ def measure_flatness(
     }
 
 
-def interpolation_line(start: TrainedRun, end: TrainedRun, batches, settings) -> dict[str, Any]:
+def interpolation_line(start: LoadedRun, end: LoadedRun, batches, settings) -> dict[str, Any]:
     """Loss from ``start`` (α = 0) to ``end`` (α = 1), with ``end``'s model (its quantizers)."""
     margin = settings.line_margin
     alphas = np.union1d(np.linspace(-margin, 1 + margin, settings.landscape_points), [0.0, 1.0])
@@ -175,7 +122,7 @@ def share_density_grid(reports: list[dict[str, Any]], settings) -> None:
         report["density"].update(grid=grid.tolist(), density=density.tolist(), sigma=sigma)
 
 
-def unique_names(runs: list[TrainedRun]) -> None:
+def unique_names(runs: list[LoadedRun]) -> None:
     """Label runs by ``config.name``, falling back to the workdir's name (or whole path)
     when names repeat."""
     names = [r.name for r in runs]
@@ -194,7 +141,7 @@ def checkpoint_paths(config: ml_collections.ConfigDict) -> list[str]:
     return paths
 
 
-def summary_row(run: TrainedRun, report: dict[str, Any]) -> dict[str, Any]:
+def summary_row(run: LoadedRun, report: dict[str, Any]) -> dict[str, Any]:
     trace = report["trace"]
     return {
         "run": run.name,
@@ -229,11 +176,10 @@ def write_plots(reports, lines, workdir: str) -> list[str]:
     return paths
 
 
-@register_mode("analyse")
 def run_analyse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Measure and compare the flatness of ``config.checkpoints``; see the module docstring."""
     settings = config.curvature
-    runs = [load_trained_run(path) for path in checkpoint_paths(config)]
+    runs = [load_run(path) for path in checkpoint_paths(config)]
     unique_names(runs)
     all_batches = []
     for run in runs:

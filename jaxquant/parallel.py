@@ -61,7 +61,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxquant.quant.policy import check_choice
+from jaxquant.checks import check_choice
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
-from jaxquant.modes import register_mode, run_mode
+from jaxquant.methods import get_method
+from jaxquant.train.metrics import format_table
 
 STAGE_PREFIX = "stage:"
 
@@ -39,35 +41,22 @@ def deep_update(config: ml_collections.ConfigDict, overrides: dict[str, Any], pa
 
 
 def stage_config(config: ml_collections.ConfigDict, name: str, workdir: str):
-    """The full config of stage ``name``: the base config with the stage's overrides."""
+    """The full config of stage ``name``: the base config with the stage's overrides. A stage
+    that names another method gets that method's own ``method`` block (its fields at their
+    defaults, then the stage's), never the base method's fields."""
     fields = config.copy_and_resolve_references().to_dict()
     overrides = fields.pop("stages")[name]
     stage = ml_collections.ConfigDict(fields)
     stage.mode = "train"
+    method = dict(overrides.get("method", {}))
+    if method.get("name", stage.method.name) != stage.method.name:
+        # another method: its own block (its fields at their defaults), not the base method's
+        stage.method = get_method(method["name"]).default_config()
     deep_update(stage, overrides)
     stage.name = f"{config.name}/{name}"
     if stage.init_from.startswith(STAGE_PREFIX):
         stage.init_from = os.path.join(workdir, stage.init_from[len(STAGE_PREFIX) :])
     return stage
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain-text table of ``rows`` (floats as percentages for accuracy columns)."""
-
-    def cell(row, col):
-        value = row.get(col)
-        if value is None:
-            return "-"
-        if isinstance(value, float) and "accuracy" in col:
-            return f"{100 * value:.2f}"
-        return str(value)
-
-    cells = [[cell(r, c) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
 
 
 def stage_order(config: ml_collections.ConfigDict) -> list[str]:
@@ -99,16 +88,18 @@ def stage_order(config: ml_collections.ConfigDict) -> list[str]:
     return ordered
 
 
-@register_mode("pipeline")
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Run every stage of ``config.stages`` in order; print and save the results table."""
+def run_pipeline(
+    config: ml_collections.ConfigDict, workdir: str, run_stage: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """Run every stage of ``config.stages`` in order with ``run_stage(config, workdir)`` (the
+    mode table's :func:`~jaxquant.modes.run_mode`); print and save the results table."""
     if not config.get("stages"):
         raise ValueError("mode='pipeline' needs config.stages (name → overrides)")
     results, comparisons = [], []
     for name in stage_order(config):
         stage = stage_config(config, name, workdir)
         print(f"=== stage {name}: method={stage.method.name} mode={stage.mode}", flush=True)
-        summary = run_mode(stage, os.path.join(workdir, name))
+        summary = run_stage(stage, os.path.join(workdir, name))
         results += [{"stage": name, **row} for row in summary.get("rows", [summary])]
         if "comparison" in summary:
             comparisons.append({"stage": name, **summary["comparison"]})

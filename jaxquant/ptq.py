@@ -32,27 +32,23 @@ import numpy as np
 from flax import traverse_util
 
 from jaxquant import parallel
+from jaxquant.checks import check_choice
 from jaxquant.data import calibration_images, load_splits
 from jaxquant.methods import policy_from_config
-from jaxquant.models import create_model
-from jaxquant.modes import register_mode
-from jaxquant.pipeline import format_table
+from jaxquant.models import create_model, split_variables
 from jaxquant.quant.calibration import calibrate
 from jaxquant.quant.observers import OBSERVERS, check_grid, check_percentile
-from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy, check_choice
+from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 from jaxquant.quant.quantizers import check_bits
-from jaxquant.train.checkpoint import load_raw
-from jaxquant.train.loop import (
+from jaxquant.train.loop import evaluate, make_eval_step, write_config
+from jaxquant.train.metrics import format_table, to_python
+from jaxquant.train.setup import (
     clean_batch_stats,
-    evaluate,
+    init_from_errors,
     init_variables,
-    load_pretrained,
-    make_eval_step,
-    split_variables,
+    load_run,
     transfer_variables,
-    write_config,
 )
-from jaxquant.train.metrics import to_python
 
 REPORT_FILE = "ptq_report.json"
 TABLE_COLUMNS = ["bits", "w_bits", "a_bits", "observer", "ptq_accuracy", "fp_accuracy"]
@@ -131,29 +127,30 @@ def check_ptq_config(config: ml_collections.ConfigDict) -> list[BitSetting]:
     return settings
 
 
-@register_mode("ptq")
 def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Quantize ``config.init_from`` at every bit setting; report and return the results."""
     settings = check_ptq_config(config)
-    source_step, _ = load_raw(config.init_from)
+    with init_from_errors(config.init_from):
+        source = load_run(config.init_from)
     train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
     mesh = parallel.create_mesh(config.get("mesh"))
     parallel.check_divisible_over_mesh(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     write_config(config, workdir)
-    model_kwargs = dict(config.model.get("kwargs", {}))
+    model_name = source.config.model.name  # the source run's network, whatever this config says
+    model_kwargs = dict(source.config.model.get("kwargs", {}))
     rng = jax.random.PRNGKey(config.seed)
     images = calibration_images(train_split, config.ptq.calibration_images, config.seed)
 
-    fp_model = create_model(config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
+    fp_model = create_model(model_name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
     fp_params, fp_state = split_variables(
-        load_pretrained(config.init_from, init_variables(fp_model, train_split.image_shape, rng))
+        transfer_variables(init_variables(fp_model, train_split.image_shape, rng), source.variables_dict)
     )
     if config.ptq.bn_reestimate:
         fp_state = clean_batch_stats(config, fp_model, train_split, mesh, fp_params, fp_state)
     fp_variables = {"params": fp_params, "model_state": fp_state}
 
     def build_and_evaluate(policy: QuantPolicy, calibrated: bool):
-        model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
+        model = create_model(model_name, train_split.num_classes, policy, **model_kwargs)
         variables = transfer_variables(init_variables(model, train_split.image_shape, rng), fp_variables)
         if calibrated:
             variables = calibrate(model, variables, images)
@@ -189,8 +186,8 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report = {
         "name": config.name,
         "checkpoint": os.path.abspath(config.init_from),
-        "checkpoint_step": int(source_step),
-        "model": config.model.name,
+        "checkpoint_step": int(source.step),
+        "model": model_name,
         "dataset": config.data.name,
         "observer": config.ptq.observer,
         "observer_options": dict(observer_options(config.ptq)),
@@ -214,7 +211,7 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 "method": method,
                 "w_bits": row["w_bits"],
                 "a_bits": row["a_bits"],
-                "steps": int(source_step),
+                "steps": int(source.step),
                 "test_accuracy": row["ptq_accuracy"],
             }
             for row in rows

@@ -24,13 +24,8 @@ from conftest import tiny_config
 from jaxquant import parallel
 from jaxquant.data import TrainBatches
 from jaxquant.train.checkpoint import Checkpointer, load_raw
-from jaxquant.train.loop import (
-    build_run,
-    create_train_state,
-    evaluate,
-    make_eval_step,
-    make_train_step,
-)
+from jaxquant.train.loop import evaluate, make_eval_step, make_train_step
+from jaxquant.train.setup import abstract_train_state, build_run, create_train_state
 
 STEPS = 3
 
@@ -58,9 +53,9 @@ def config_for(method: str, init_from: str, data: int, model: int, fsdp_min_size
 def train(config, out: str, tag: str) -> dict:
     """``STEPS`` train steps as the loop runs them; dump state and per-step losses."""
     run = build_run(config)
-    state = create_train_state(run, STEPS)
+    state = create_train_state(run)
     sharding = run.state_sharding(state)
-    train_step = make_train_step(run, STEPS, sharding)
+    train_step = make_train_step(run, sharding)
     batches = TrainBatches(run.train_split, config.data.batch_size, config.seed)
     losses = []
     for step in range(STEPS):
@@ -142,8 +137,9 @@ def parity(spec: dict) -> None:
 def restore(spec: dict) -> None:
     """Restore the saved state onto this process's mesh; run one more step from it."""
     config = config_for("lsq", spec["init_from"], spec["data"], spec["model"], spec["fsdp_min_size"])
+    config.train.num_steps = STEPS + 1
     run = build_run(config)
-    template = create_train_state(run, STEPS + 1)
+    template = abstract_train_state(run)
     checkpointer = Checkpointer(spec["checkpoint"])
     state = checkpointer.restore(template)
     checkpointer.close()
@@ -153,7 +149,7 @@ def restore(spec: dict) -> None:
     np.savez(os.path.join(spec["out"], "restored.npz"), **flat(state))
     _, raw = load_raw(spec["checkpoint"])
     np.savez(os.path.join(spec["out"], "raw_params.npz"), **flat(raw["params"]))
-    train_step = make_train_step(run, STEPS + 1, run.state_sharding(state))
+    train_step = make_train_step(run, run.state_sharding(state))
     batch = TrainBatches(run.train_split, config.data.batch_size, config.seed)[STEPS]
     state, metrics = train_step(state, parallel.shard_batch(batch, run.mesh))
     report = {

@@ -11,7 +11,8 @@ from conftest import tiny_config
 
 from jaxquant.methods.pact import sum_of_squares
 from jaxquant.methods.sam import sam_gradients
-from jaxquant.train.loop import build_run, create_train_state, make_train_step
+from jaxquant.train.loop import make_train_step
+from jaxquant.train.setup import build_run, create_train_state
 
 STEPS = 8
 
@@ -22,12 +23,14 @@ def leaves_named(params, name):
 
 def train_on_fixed_batch(method: str, fp_run: str, **overrides):
     """Train ``STEPS`` steps on one fixed batch; return the run, first and last state, losses."""
-    config = tiny_config(method__name=method, init_from=fp_run, optim__learning_rate=0.05, **overrides)
+    config = tiny_config(
+        method__name=method, init_from=fp_run, optim__learning_rate=0.05, train__num_steps=STEPS, **overrides
+    )
     run = build_run(config)
-    state = create_train_state(run, STEPS)
+    state = create_train_state(run)
     first = jax.device_get(state)
     batch = run.train_split.batch(np.arange(64))
-    train_step = make_train_step(run, STEPS)
+    train_step = make_train_step(run)
     losses = []
     for _ in range(STEPS + 1):  # the loss metric is taken before each update
         state, metrics = train_step(state, batch)

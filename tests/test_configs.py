@@ -10,7 +10,7 @@ import pytest
 from jaxquant.data.sources import DEFAULT_FASHION_MNIST_DIR, DatasetNotFoundError
 from jaxquant.methods import METHODS, get_method
 from jaxquant.pipeline import stage_config, stage_order
-from jaxquant.train.loop import build_run
+from jaxquant.train.setup import build_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(

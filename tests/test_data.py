@@ -264,7 +264,7 @@ def test_tfds_dataset_feeds_the_training_pipeline(tiny_tfds_dir):
     """build_run on a TFDS config, then grain batches and calibration images from it."""
     from conftest import tiny_config
 
-    from jaxquant.train.loop import build_run
+    from jaxquant.train.setup import build_run
 
     config = tiny_config(
         data__source="tfds",

@@ -7,9 +7,8 @@ import pytest
 from conftest import tiny_config
 
 from jaxquant.methods import MethodContext, get_method
-from jaxquant.methods.common import forward
 from jaxquant.methods.dnq import method_config
-from jaxquant.models import create_model
+from jaxquant.models import create_model, forward
 from jaxquant.objectives.noise import running_range_update, sam_weight_perturbation
 from jaxquant.quant.gaussian_noise import NOISE_STATS, GaussianQuantNoise
 from jaxquant.quant.layers import QDense

@@ -12,8 +12,9 @@ from conftest import tiny_config
 from jaxquant import parallel
 from jaxquant.data import TrainBatches
 from jaxquant.methods import get_method
-from jaxquant.train.ema import ema_update
-from jaxquant.train.loop import build_run, create_train_state, make_train_step
+from jaxquant.objectives.ema import ema_update
+from jaxquant.train.loop import make_train_step
+from jaxquant.train.setup import build_run, create_train_state
 
 STEPS = 12
 
@@ -66,8 +67,8 @@ def trained(fp_digits_run):
             run = build_run(method_config(VARIANTS[variant], fp_digits_run))
             batches = TrainBatches(run.train_split, run.config.data.batch_size, run.config.seed)
             batch = parallel.shard_batch(batches[0], run.mesh)
-            state = create_train_state(run, STEPS)
-            train_step = make_train_step(run, STEPS, run.state_sharding(state))
+            state = create_train_state(run)
+            train_step = make_train_step(run, run.state_sharding(state))
 
             def loss_at(host_state):
                 """The train step's loss at step 0 (same rng, ramp and warm-up) from a host copy."""

@@ -18,8 +18,8 @@ from jaxquant.objectives.coding_length import (
 )
 from jaxquant.objectives.consistency import consistency_kl, feature_consistency, ramp_weight
 from jaxquant.objectives.distillation import channel_standardize, csd_loss, kd_loss
+from jaxquant.objectives.ema import ema_update
 from jaxquant.objectives.feature_noise import uniform_feature_noise
-from jaxquant.train.ema import ema_update
 
 RNG = np.random.default_rng(0)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxquant.analyse import load_trained_run
 from jaxquant.methods import METHODS
 from jaxquant.ptq import run_ptq
-from jaxquant.train.loop import build_run, create_train_state, train_and_evaluate
+from jaxquant.train.loop import train_and_evaluate
+from jaxquant.train.setup import build_run, create_train_state, load_run
 
 # fields beyond the defaults that exercise what loading must cope with
 EXTRA_FIELDS = {"mec": {"gates": "learned"}}
@@ -39,7 +39,7 @@ def method_runs(fp_digits_run, tmp_path_factory):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_checkpoint_loads_for_analysis(method_runs, method):
-    trained = load_trained_run(method_runs[method])
+    trained = load_run(method_runs[method])
     assert trained.run.config.method.name == method
     assert "head" in trained.variables["params"]
 
@@ -55,6 +55,6 @@ def test_checkpoint_is_quantized_by_ptq(method_runs, method, tmp_path):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_checkpoint_starts_a_qat_run(method_runs, method):
     config = tiny_config(method__name="lsq", init_from=method_runs[method], train__bn_reestimate_images=64)
-    state = create_train_state(build_run(config), 2)
+    state = create_train_state(build_run(config))
     assert "mec_gate_logits" not in state.params
     assert state.params["conv1"]["input_quant"]["step"].shape == ()

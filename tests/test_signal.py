@@ -20,20 +20,14 @@ from jaxquant.methods import get_method, policy_from_config
 from jaxquant.methods.common import augment
 from jaxquant.models import create_model, without_perturbations
 from jaxquant.objectives.coding_length import cross_logdet, gate_balance, l2_normalize_rows, mec_moe_loss
+from jaxquant.objectives.ema import horizon_decay, warmup_decay
 from jaxquant.quant.calibration import calibrate
 from jaxquant.quant.layers import QConv, elements_per_step
 from jaxquant.quant.perturbations import FeatureNoise
 from jaxquant.train.batchnorm import pooled_moments, reestimate_batch_stats
 from jaxquant.train.checkpoint import load_raw
-from jaxquant.train.ema import horizon_decay, warmup_decay
-from jaxquant.train.loop import (
-    build_run,
-    clean_batch_stats,
-    create_train_state,
-    init_variables,
-    loss_term_grads,
-    train_and_evaluate,
-)
+from jaxquant.train.loop import loss_term_grads, train_and_evaluate
+from jaxquant.train.setup import build_run, clean_batch_stats, create_train_state, init_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,8 +126,8 @@ def test_qat_starts_from_reestimated_statistics(fp_digits_run):
     fields = dict(method__name="lsq", init_from=fp_digits_run, train__bn_reestimate_images=256)
     config = tiny_config(**fields)
     run = build_run(config)
-    state = create_train_state(run, 20)
-    never = create_train_state(build_run(tiny_config(**fields, train__bn_reestimate="never")), 20)
+    state = create_train_state(run)
+    never = create_train_state(build_run(tiny_config(**fields, train__bn_reestimate="never")))
     # "never" keeps the FP run's statistics; "auto" re-estimates them under the quantized weights
     _, saved = load_raw(fp_digits_run)
     assert_trees_close(never.model_state["batch_stats"], saved["model_state"]["batch_stats"], rtol=0, atol=0)
@@ -164,7 +158,7 @@ def test_final_checkpoint_and_evaluation_use_reestimated_statistics(lsq_workdir)
 def test_ema_teacher_is_copied_from_the_reestimated_student(fp_digits_run):
     config = tiny_config(method__name="cr", init_from=fp_digits_run, train__bn_reestimate_images=256)
     run = build_run(config)
-    state = create_train_state(run, 20)
+    state = create_train_state(run)
     assert_trees_close(
         state.extra["teacher"]["batch_stats"], state.model_state["batch_stats"], rtol=0, atol=0
     )

@@ -14,17 +14,11 @@ import pytest
 from conftest import tiny_config
 
 from jaxquant.data.pipeline import TrainBatches
-from jaxquant.methods.common import forward
+from jaxquant.models import forward
 from jaxquant.objectives.classification import cross_entropy
 from jaxquant.train.checkpoint import Checkpointer, load_raw
-from jaxquant.train.loop import (
-    NonFiniteLossError,
-    all_finite,
-    build_run,
-    create_train_state,
-    make_train_step,
-    train_and_evaluate,
-)
+from jaxquant.train.loop import NonFiniteLossError, all_finite, make_train_step, train_and_evaluate
+from jaxquant.train.setup import build_run, create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI_CONFIG = os.path.join(REPO, "tests", "cli_config.py")
@@ -44,7 +38,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(method):
         method__name=method, train__num_steps=steps, optim__learning_rate=0.3, optim__schedule="constant"
     )
     run = build_run(config)
-    state = create_train_state(run, steps)
+    state = create_train_state(run)
     fixed = run.train_split.batch(np.arange(256))
 
     @jax.jit
@@ -54,7 +48,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(method):
 
     before = float(fixed_loss(state.params, state.model_state))
     params_before = leaves_by_path(state.params)
-    train_step = make_train_step(run, steps)
+    train_step = make_train_step(run)
     batches = TrainBatches(run.train_split, run.config.data.batch_size, run.config.seed)
     for step in range(steps):
         state, _ = train_step(state, batches[step])
@@ -95,7 +89,7 @@ def test_qat_from_init_from_copies_the_fp_weights_then_calibrates(fp_digits_run)
     """With ``train.bn_reestimate='never'`` the FP statistics are copied as they are (the
     default re-estimates them: tests/test_signal.py)."""
     run = build_run(tiny_config(method__name="lsq", init_from=fp_digits_run, train__bn_reestimate="never"))
-    state = create_train_state(run, 20)
+    state = create_train_state(run)
     _, saved = load_raw(fp_digits_run)
     fp_params, qat_params = leaves_by_path(saved["params"]), leaves_by_path(state.params)
     for key, value in fp_params.items():

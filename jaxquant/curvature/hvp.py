@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from jaxquant.methods.common import forward
+from jaxquant.models import forward
 from jaxquant.objectives.classification import cross_entropy
 
 LossFn = Callable[[Any, Any], jax.Array]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import jax
 
 from jaxquant import parallel
+from jaxquant.checks import check_choice
 from jaxquant.curvature.hutchinson import hutchinson_trace
 from jaxquant.curvature.hvp import model_objective, partition
 from jaxquant.data import fixed_batches
-from jaxquant.quant.policy import check_choice
 
 SPLITS = ("train", "test")
 

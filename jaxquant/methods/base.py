@@ -15,10 +15,10 @@ A method is a composition of pure loss terms. The generic train step only calls:
   ``jax.value_and_grad``; SAM-like methods override it;
 * ``method.update_extra(ctx, state)`` — after the optimiser step (EMA updates).
 
-A method's own fields live in ``config.method`` next to ``name``; ``Method.defaults`` lists
-them with their defaults, ``method.options(config)`` reads them (defaults filled in where the
-config lacks a field) and ``method.default_config()`` is the block an experiment config
-starts from.
+A method's own fields live in ``config.method`` next to ``name``: ``Method.defaults`` is the
+one place that declares them, with their defaults; ``method.options(config)`` reads them
+(defaults filled in where the config lacks a field; a key that is not one of them is an
+error) and ``method.default_config()`` is the block an experiment config starts from.
 
 Adding a method means adding one file in this package that calls :func:`register_method`.
 """
@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from jaxquant.checks import closest
 from jaxquant.defaults import get_config
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 
@@ -87,7 +88,16 @@ class Method:
         return block
 
     def options(self, config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-        """This method's own fields: ``defaults`` overridden by what ``config.method`` sets."""
+        """This method's own fields: ``defaults`` overridden by what ``config.method`` sets.
+
+        The block holds this method's fields only: any other key is a one-line error naming
+        it, the closest field names and all of them."""
+        unknown = sorted(set(config.method) - set(self.defaults) - {"name"})
+        if unknown:
+            raise ValueError(
+                f"method.{unknown[0]} is not a field of method {self.name!r}"
+                f"{closest(unknown[0], self.defaults)}: its fields are {sorted(self.defaults)}"
+            )
         given = {k: config.method[k] for k in self.defaults if k in config.method}
         return ml_collections.FrozenConfigDict({**self.defaults, **given})
 
@@ -99,7 +109,9 @@ class Method:
         return FULL_PRECISION
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
-        """Raise a one-line error for a bad value of one of this method's fields."""
+        """Raise a one-line error for an unknown field or a bad value of one of this method's
+        fields (subclasses add their value checks after calling this)."""
+        self.options(config)
 
     def extra_params(self, ctx: MethodContext) -> dict[str, Any]:
         """Trainable top-level ``params`` entries owned by the method (none by default)."""

@@ -1,5 +1,5 @@
-"""Pieces that several methods share: the forward pass, the classification loss, feature
-taps and teachers (frozen FP or EMA)."""
+"""Pieces that several methods share: the student's augmented forward pass, the
+classification loss, feature taps and teachers (frozen FP or EMA)."""
 
 from __future__ import annotations
 
@@ -12,35 +12,9 @@ from flax import traverse_util
 
 from jaxquant.data.augment import random_crop_flip
 from jaxquant.methods.base import Method
+from jaxquant.models import forward, split_variables
 from jaxquant.objectives.classification import accuracy, cross_entropy
-from jaxquant.quant.gaussian_noise import NOISE_STATS
-from jaxquant.train.ema import ema_update, horizon_decay, warmup_decay
-
-
-def forward(
-    model: nn.Module,
-    params,
-    model_state: dict[str, Any],
-    images: jax.Array,
-    train: bool,
-    rng: jax.Array | None = None,
-    taps: bool = False,
-):
-    """Apply ``model``; return ``(logits, new_model_state, intermediates)``.
-
-    In training mode BatchNorm uses and updates batch statistics, and perturbations update
-    their running statistics (``noise_stats``); ``taps=True`` collects the sown feature taps
-    (``conv_out`` per conv, ``features`` before the head).
-    """
-    variables = {"params": params, **model_state}
-    mutable = ["batch_stats", NOISE_STATS] if train else []
-    if taps:
-        mutable.append("intermediates")
-    rngs = {"noise": rng} if rng is not None else {}
-    logits, updates = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
-    updates = dict(updates)
-    intermediates = updates.pop("intermediates", {})
-    return logits, {**model_state, **updates}, intermediates
+from jaxquant.objectives.ema import ema_update, horizon_decay, warmup_decay
 
 
 def augment(ctx, rng: jax.Array, images: jax.Array) -> jax.Array:
@@ -88,15 +62,10 @@ def penultimate_features(intermediates) -> jax.Array:
     return intermediates["features"][0]
 
 
-def split_model_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """``(params, other collections)`` of a variables dict."""
-    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
-
 def teacher_forward(model: nn.Module, variables: dict[str, Any], images: jax.Array, taps: bool = False):
     """A frozen teacher: eval mode (BatchNorm running statistics, no quantizer calibration,
     no perturbation), outputs under stop-gradient. Returns ``(logits, intermediates)``."""
-    params, state = split_model_variables(variables)
+    params, state = split_variables(variables)
     logits, _, intermediates = forward(model, params, state, images, train=False, taps=taps)
     return jax.lax.stop_gradient((logits, intermediates))
 
@@ -152,7 +121,7 @@ class TeacherMethod(Method):
 
     def ema_decay(self, ctx) -> float:
         """The EMA's target decay ``α``: from ``ema_horizon_fraction`` of ``ctx.total_steps``
-        and ``ema_min_horizon`` (:func:`~jaxquant.train.ema.horizon_decay`), or ``ema_decay``
+        and ``ema_min_horizon`` (:func:`~jaxquant.objectives.ema.horizon_decay`), or ``ema_decay``
         when the fraction is 0."""
         opts = self.options(ctx.config)
         if opts.ema_horizon_fraction > 0:
@@ -161,7 +130,7 @@ class TeacherMethod(Method):
 
     def ema_decay_at(self, ctx, step: jax.Array) -> jax.Array:
         """``α_t`` after optimiser step ``step``: the warm-up of
-        :func:`~jaxquant.train.ema.warmup_decay` when ``ema_warmup``, else ``α``."""
+        :func:`~jaxquant.objectives.ema.warmup_decay` when ``ema_warmup``, else ``α``."""
         decay = self.ema_decay(ctx)
         if self.options(ctx.config).ema_warmup:
             return warmup_decay(step, decay)

@@ -23,6 +23,7 @@ The LSQ student sees view ``A1 x``, a teacher sees view ``A2 x`` of the same bat
 import jax
 import jax.numpy as jnp
 
+from jaxquant.checks import check_choice
 from jaxquant.data.augment import random_cutout
 from jaxquant.methods.base import policy_from_config, register_method
 from jaxquant.methods.common import (
@@ -36,7 +37,6 @@ from jaxquant.methods.common import (
 )
 from jaxquant.objectives.classification import accuracy, cross_entropy
 from jaxquant.objectives.consistency import consistency_kl, feature_consistency, ramp_weight
-from jaxquant.quant.policy import check_choice
 
 TEACHERS = ("ema", "fp")
 TARGETS = ("logits", "features")

@@ -27,11 +27,12 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from jaxquant.checks import check_choice
 from jaxquant.methods.base import METHODS, Method, policy_from_config, register_method
 from jaxquant.methods.common import supervised_loss_fn
-from jaxquant.objectives.noise import sam_weight_perturbation
+from jaxquant.methods.sam import sam_gradients
 from jaxquant.quant.gaussian_noise import GaussianQuantNoise
-from jaxquant.quant.policy import QuantPolicy, RolePerturbations, check_choice
+from jaxquant.quant.policy import QuantPolicy, RolePerturbations
 from jaxquant.quant.quantizers import check_bits
 
 SCHEMES = ("weight", "activation", "both", "sam", "none")
@@ -41,10 +42,8 @@ def method_config(**overrides) -> ml_collections.ConfigDict:
     """The ``config.method`` block of a DNQ run: ``name='dnq'`` and every field's default,
     then ``overrides`` (each must be a DNQ field)."""
     block = METHODS["dnq"].default_config()
-    for key, value in overrides.items():
-        if key not in block:
-            raise ValueError(f"method.{key} is not a field of dnq: allowed {sorted(DNQ.defaults)}")
-        block[key] = value
+    block.update(overrides)
+    METHODS["dnq"].options(ml_collections.ConfigDict({"method": block}))  # unknown fields: error
     return block
 
 
@@ -108,11 +107,7 @@ class DNQ(Method):
     def grads(self, ctx, loss_fn, params, state, batch, rng):
         """Plain gradients, or for ``scheme='sam'`` the gradient at ``w + ρ·g/‖g‖`` with the
         loss, metrics and BN statistics of the clean pass."""
-        clean = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, rng)
         fields = self.options(ctx.config)
         if fields.scheme != "sam":
-            return clean
-        (loss, aux), grads = clean
-        ascent = sam_weight_perturbation(params, grads, fields.sam_rho)
-        _, sharp_grads = jax.value_and_grad(loss_fn, has_aux=True)(ascent, state, batch, rng)
-        return (loss, aux), sharp_grads
+            return jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, rng)
+        return sam_gradients(loss_fn, params, state, batch, rng, fields.sam_rho)

@@ -10,12 +10,12 @@ distillation over all conv outputs:
 ``sfp: False`` or ``csd_weight: 0`` give the paper's ablations (CSD only / SFP only).
 """
 
+from jaxquant.checks import check_choice
 from jaxquant.methods.base import policy_from_config, register_method
 from jaxquant.methods.common import TeacherMethod, conv_outputs, student_forward, teacher_forward
 from jaxquant.objectives.classification import accuracy, cross_entropy
 from jaxquant.objectives.distillation import CSD_REDUCTIONS, csd_loss
 from jaxquant.quant.perturbations import FeatureNoise
-from jaxquant.quant.policy import check_choice
 
 
 @register_method

@@ -29,6 +29,7 @@ The EMA teacher of ``pair='ema_two_views'`` follows ``cr``'s fields (``ema_horiz
 import jax
 import jax.numpy as jnp
 
+from jaxquant.checks import check_choice
 from jaxquant.methods.base import policy_from_config, register_method
 from jaxquant.methods.common import (
     EMA_FIELDS,
@@ -41,7 +42,6 @@ from jaxquant.methods.common import (
 )
 from jaxquant.objectives.classification import accuracy, cross_entropy
 from jaxquant.objectives.coding_length import gate_balance, lambda_warmup, mec_moe_loss
-from jaxquant.quant.policy import check_choice
 
 PAIRS = ("fp_teacher", "ema_two_views")
 APPLY_TO = ("penultimate", "all_convs")

@@ -19,10 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxquant.checks import check_choice
 from jaxquant.methods.base import Method, policy_from_config, register_method
 from jaxquant.methods.common import supervised_loss_fn
 from jaxquant.quant.layers import QUANTIZER_KINDS
-from jaxquant.quant.policy import check_choice
 
 PACT_WEIGHT_KINDS = ("dorefa", "lsq")
 

@@ -20,18 +20,17 @@ method-agnostic train step.
 from __future__ import annotations
 
 import jax
-import optax
 
 from jaxquant.methods.base import Method, policy_from_config, register_method
 from jaxquant.methods.common import supervised_loss_fn
+from jaxquant.objectives.noise import sam_weight_perturbation
 
 
 def sam_gradients(loss_fn, params, state, batch, rng, rho: float):
     """``((L(w), aux(w)), ∇L(w + ρ·g/‖g‖))`` with ``g = ∇L(w)``; aux (BN state) from ``w``."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, aux), grads = grad_fn(params, state, batch, rng)
-    scale = rho / (optax.tree.norm(grads) + 1e-12)
-    perturbed = jax.tree_util.tree_map(lambda w, g: w + scale * g, params, grads)
+    perturbed = sam_weight_perturbation(params, grads, rho)
     (perturbed_loss, _), perturbed_grads = grad_fn(perturbed, state, batch, rng)
     aux = {**aux, "metrics": {**aux["metrics"], "perturbed_loss": perturbed_loss}}
     return (loss, aux), perturbed_grads

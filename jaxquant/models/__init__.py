@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
 
+from jaxquant.models.apply import forward, split_variables, without_perturbations
 from jaxquant.models.mobilenet import MobileNetV1, MobileNetV2
 from jaxquant.models.resnet import resnet18, resnet20, resnet50
 from jaxquant.models.small_cnn import SmallCNN
@@ -47,10 +47,11 @@ def create_model(name: str, num_classes: int, policy: QuantPolicy = FULL_PRECISI
     return MODELS[name](num_classes=num_classes, policy=policy, **kwargs)
 
 
-def without_perturbations(model: nn.Module) -> nn.Module:
-    """``model`` with its policy's perturbation (FPQ's SFP, DNQ's Gaussian noise) removed, the
-    quantizers kept: what BatchNorm re-estimation and other clean passes in training mode run."""
-    policy = getattr(model, "policy", None)
-    if policy is None or policy.perturbation is None:
-        return model
-    return model.clone(policy=dataclasses.replace(policy, perturbation=None))
+__all__ = [
+    "MODELS",
+    "create_model",
+    "forward",
+    "register_model",
+    "split_variables",
+    "without_perturbations",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxquant.quant.policy import check_choice
+from jaxquant.checks import check_choice
 
 NOISE_GRANULARITIES = ("layer", "sample")
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from jaxquant.objectives.ema import ema_update
 
 
 def rounding_noise_std(step: jax.Array, noise_scale: float = 1.0) -> jax.Array:
@@ -45,13 +48,12 @@ def running_range_update(
 ) -> tuple[jax.Array, jax.Array]:
     """Exponential moving average of batch extremes: ``r ← m·r + (1 − m)·b``, and ``r ← b``
     on the first update (``initialised`` false), so the zero init does not bias the range."""
-    new_min = momentum * running_min + (1.0 - momentum) * batch_min
-    new_max = momentum * running_max + (1.0 - momentum) * batch_max
+    new_min, new_max = ema_update((running_min, running_max), (batch_min, batch_max), momentum)
     return jnp.where(initialised, new_min, batch_min), jnp.where(initialised, new_max, batch_max)
 
 
 def sam_weight_perturbation(params, grads, rho: float):
-    """SAM's ascent point ``w + ρ·g/‖g‖`` (``‖g‖`` the global L2 norm over the pytree)."""
-    norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)))
-    scale = rho / jnp.maximum(norm, 1e-12)
+    """SAM's ascent point ``w + ρ·g/max(‖g‖, 10⁻¹²)`` (``‖g‖`` the global L2 norm over the
+    pytree; the floor keeps a zero gradient finite)."""
+    scale = rho / jnp.maximum(optax.tree.norm(grads), 1e-12)
     return jax.tree_util.tree_map(lambda w, g: w + scale * g, params, grads)

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxquant.quant.layers import QUANT_STATE
+
 
 def calibrate(model: nn.Module, variables: dict[str, Any], images: np.ndarray | jax.Array):
     """Return ``variables`` with each quantizer re-initialised on ``images``.
@@ -20,7 +22,7 @@ def calibrate(model: nn.Module, variables: dict[str, Any], images: np.ndarray | 
 
     @jax.jit
     def run(variables, images):
-        _, updates = model.apply(variables, images, train=False, mutable=["params", "quant_state"])
+        _, updates = model.apply(variables, images, train=False, mutable=["params", QUANT_STATE])
         return {**variables, **updates}
 
     return run(variables, images)

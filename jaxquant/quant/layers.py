@@ -26,6 +26,7 @@ from jaxquant.quant import quantizers as qz
 from jaxquant.quant.observers import get_observer
 from jaxquant.quant.policy import LayerQuant, QuantizerSpec
 
+QUANT_STATE = "quant_state"  # fixed quantizer state (zero points); mutable only to calibrate
 QuantizerKind = Callable[["Quantizer", jax.Array, bool], tuple[jax.Array, jax.Array]]
 QUANTIZER_KINDS: dict[str, QuantizerKind] = {}
 
@@ -101,7 +102,7 @@ class Quantizer(nn.Module):
             raise ValueError(
                 f"quantizer kind {self.spec.kind!r} is unknown: allowed {sorted(QUANTIZER_KINDS)}"
             )
-        calibrating = self.is_mutable_collection("quant_state") and not self.is_initializing()
+        calibrating = self.is_mutable_collection(QUANT_STATE) and not self.is_initializing()
         return QUANTIZER_KINDS[self.spec.kind](self, x, calibrating)
 
 
@@ -114,7 +115,7 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
     spec = module.spec
     rng = qz.int_range(spec.bits, spec.signed)
     step = module.variable("params", "step", lambda: calibrated_step_and_zero_point(spec, x)[0])
-    zero = module.variable("quant_state", "zero_point", lambda: calibrated_step_and_zero_point(spec, x)[1])
+    zero = module.variable(QUANT_STATE, "zero_point", lambda: calibrated_step_and_zero_point(spec, x)[1])
     if calibrating:
         step.value, zero.value = calibrated_step_and_zero_point(spec, x)
     s = step.value

@@ -12,9 +12,9 @@ import dataclasses
 
 import jax
 
+from jaxquant.checks import check_choice
 from jaxquant.objectives.feature_noise import NOISE_GRANULARITIES, uniform_feature_noise
 from jaxquant.quant.layers import QConv
-from jaxquant.quant.policy import check_choice
 
 NOISE_POSITIONS = ("after_quant", "before_quant")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxquant.checks import check_choice
 from jaxquant.quant.quantizers import check_bits
 
 ROLES = ("first", "middle", "last")
@@ -19,13 +20,6 @@ GRANULARITIES = ("channel", "tensor")
 SCHEMES = ("asymmetric", "symmetric")
 INITS = ("minmax", "lsq")
 ACT_GRAD_SCALE_ELEMENTS = ("sample", "batch")
-
-
-def check_choice(value: Any, allowed: tuple[str, ...] | list[str], field: str) -> Any:
-    """Raise a one-line ``ValueError`` naming ``field`` and the allowed values."""
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed: choose one of {list(allowed)}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

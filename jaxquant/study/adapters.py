@@ -1,12 +1,11 @@
 """Adapters between the study and the parts of jaxquant it measures with.
 
 Each adapter is the single place that knows the name and shape of one interface, so wiring a
-changed interface is a one-function edit. Each degrades to ``{"status": "unavailable",
-"message": ...}`` when the part is not there, so a study still runs (and says what is missing)
-on a checkout that lacks it. Interfaces used:
+changed interface is a one-function edit. A reader of a run's output returns ``{"status":
+"unavailable", "message": ...}`` when the run left nothing to read. Interfaces used:
 
 * methods: ``jaxquant.methods.METHODS`` (``config.method.name``), and a method's
-  ``default_config()`` (its block with every field at its default) where it has one;
+  ``default_config()`` (its block with every field at its default);
 * PTQ: ``config.mode = "ptq"``, ``config.ptq.bits = "8,6,4,3"``, the FP run in
   ``config.init_from``, a JSON report ``<workdir>/ptq_report.json``;
 * Hessian trace: ``jaxquant.curvature.model_objective`` and ``hutchinson_trace``;
@@ -16,7 +15,6 @@ on a checkout that lacks it. Interfaces used:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import Any
@@ -24,46 +22,25 @@ from typing import Any
 import jax
 import ml_collections
 
+from jaxquant import curvature
+from jaxquant.methods import get_method
 from jaxquant.train.metrics import read_metrics
 
 OK = "ok"
 UNAVAILABLE = "unavailable"
 PTQ_REPORT = "ptq_report.json"
 CURVATURE_KIND = "curvature"
-NO_TRACE_ESTIMATOR = "jaxquant.curvature (model_objective, hutchinson_trace) is not in this checkout"
 
 
 def unavailable(message: str) -> dict[str, Any]:
     return {"status": UNAVAILABLE, "message": message}
 
 
-def method_available(name: str) -> bool:
-    """Whether ``config.method.name = name`` is registered in this checkout."""
-    from jaxquant.methods import METHODS
-
-    return name in METHODS
-
-
 def method_block(base: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """The ``config.method`` block of a run of method ``name``: the method's
-    ``default_config()`` (every [design] field at its default) where the method provides one,
-    else ``base`` (the defaults' block) with ``name`` set. Unregistered names get ``base``."""
-    from jaxquant.methods import METHODS
-
-    method = METHODS.get(name)
-    if method is not None and hasattr(method, "default_config"):
-        return method.default_config()
-    block = ml_collections.ConfigDict(base.to_dict())
-    block.name = name
-    return block
-
-
-def mode_available(name: str) -> bool:
-    """Whether ``config.mode = name`` is registered (valid after ``run_mode`` has imported the
-    mode modules, which it does before rejecting an unknown mode)."""
-    from jaxquant.modes import MODES
-
-    return name in MODES
+    ``default_config()`` (every [design] field at its default). ``base`` is not read; an
+    unknown ``name`` is a one-line error."""
+    return get_method(name).default_config()
 
 
 def ptq_config(source: ml_collections.ConfigDict, source_workdir: str, bits: list[int]):
@@ -78,8 +55,6 @@ def ptq_config(source: ml_collections.ConfigDict, source_workdir: str, bits: lis
     config.mode = "ptq"
     config.method = ml_collections.ConfigDict({"name": "fp"})
     config.init_from = source_workdir
-    if "ptq" not in config:
-        config.ptq = ml_collections.ConfigDict()
     config.ptq.bits = ",".join(str(b) for b in bits)
     return config
 
@@ -107,15 +82,8 @@ def read_ptq_report(workdir: str) -> dict[str, Any]:
 
 
 def curvature_tools():
-    """``jaxquant.curvature`` if this checkout has its trace estimator, else None."""
-    try:
-        curvature = importlib.import_module("jaxquant.curvature")
-    except ModuleNotFoundError as error:
-        if error.name != "jaxquant.curvature":
-            raise
-        return None
-    needed = ("model_objective", "hutchinson_trace")
-    return curvature if all(hasattr(curvature, name) for name in needed) else None
+    """``jaxquant.curvature``, the trace estimator (a function, so that a test can stand in)."""
+    return curvature
 
 
 def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num_probes: int, seed: int):
@@ -129,11 +97,9 @@ def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num
     ``num_probes``; the Rademacher probes come from ``PRNGKey(seed)``, the same for every
     checkpoint.
     """
-    curvature = curvature_tools()
-    if curvature is None:
-        return unavailable(NO_TRACE_ESTIMATOR)
-    loss_fn, params, data = curvature.model_objective(model, variables, batches)
-    estimate = curvature.hutchinson_trace(
+    tools = curvature_tools()
+    loss_fn, params, data = tools.model_objective(model, variables, batches)
+    estimate = tools.hutchinson_trace(
         loss_fn, params, data, jax.random.PRNGKey(seed), num_probes=num_probes, log=None
     )
     return {
@@ -144,15 +110,11 @@ def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num
     }
 
 
-def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int, num_probes: int) -> bool:
-    """Switch on the periodic Hutchinson probe during training; False if the config has no
-    ``curvature`` block (the probe is not in this checkout). Sets ``curvature.every_steps``
+def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int, num_probes: int) -> None:
+    """Switch on the periodic Hutchinson probe during training: set ``curvature.every_steps``
     and ``curvature.num_probes``; the probe's fixed batches keep their defaults."""
-    if "curvature" not in config:
-        return False
     config.curvature.every_steps = every_steps
     config.curvature.num_probes = num_probes
-    return True
 
 
 def read_trace_trajectory(workdir: str) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def probe_batch(split, size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 class FinishedRun:
-    """A trained run's config, its built run (data, model, method), final checkpoint and
+    """A trained run loaded from its workdir (:func:`~jaxquant.train.setup.load_run`) and its
     test-set evaluation step, each made once on first use and shared by all its analyses."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -109,17 +109,19 @@ class FinishedRun:
         self.workdir = workdir
 
     @functools.cached_property
+    def loaded(self):
+        from jaxquant.train.setup import load_run
+
+        return load_run(self.workdir)
+
+    @property
     def run(self):
-        from jaxquant.train.loop import build_run
+        return self.loaded.run
 
-        return build_run(self.config)
-
-    @functools.cached_property
+    @property
     def saved(self) -> dict[str, Any]:
-        """The final checkpoint as saved (host arrays)."""
-        from jaxquant.train.checkpoint import load_raw
-
-        return load_raw(self.workdir)[1]
+        """The final checkpoint: ``params``, ``model_state`` and the method's ``extra``."""
+        return {**self.loaded.variables_dict, "extra": self.loaded.extra}
 
     @functools.cached_property
     def eval_step(self):
@@ -137,8 +139,6 @@ class FinishedRun:
 
 def checkpoint_trace(finished: FinishedRun, settings: TraceSettings) -> dict:
     """The Hessian trace of the run's final checkpoint on the fixed probe batch."""
-    if adapters.curvature_tools() is None:
-        return adapters.unavailable(adapters.NO_TRACE_ESTIMATOR)
     saved = finished.saved
     variables = {"params": saved["params"], **saved.get("model_state", {})}
     batch = probe_batch(finished.run.train_split, settings.batch_size, settings.seed)
@@ -154,14 +154,15 @@ def start_and_teacher_accuracy(finished: FinishedRun) -> dict:
     """Test accuracy of a QAT run's starting point, the network its first step sees (init,
     ``init_from`` loaded, quantizers calibrated: rebuilt from the config), and, for a method
     with an EMA teacher, of that teacher in the run's final checkpoint."""
-    from jaxquant.methods.common import TeacherMethod, split_model_variables
-    from jaxquant.train.loop import create_train_state
+    from jaxquant.methods.common import TeacherMethod
+    from jaxquant.models import split_variables
+    from jaxquant.train.setup import create_train_state
 
     run = finished.run
-    start = create_train_state(run, total_steps=1)
+    start = create_train_state(run)
     result = {"status": OK, "start_accuracy": finished.test_accuracy(start.params, start.model_state)}
     if isinstance(run.method, TeacherMethod) and run.method.ema_teacher(finished.config):
-        teacher = split_model_variables(finished.saved["extra"]["teacher"])
+        teacher = split_variables(finished.saved["extra"]["teacher"])
         result["teacher_accuracy"] = finished.test_accuracy(*teacher)
     return result
 
@@ -178,9 +179,7 @@ def bn_reestimated_accuracy(finished: FinishedRun, num_images: int = BN_IMAGES) 
 
     run, saved, seed = finished.run, finished.saved, finished.config.seed
     images = calibration_images(run.train_split, num_images, seed)
-    model_state = reestimate_batch_stats(
-        run.ctx.model, saved["params"], saved.get("model_state", {}), images, jax.random.PRNGKey(seed)
-    )
+    model_state = reestimate_batch_stats(run.ctx.model, saved["params"], saved.get("model_state", {}), images)
     accuracy = finished.test_accuracy(saved["params"], model_state)
     return {"status": OK, "accuracy": accuracy, "num_images": int(len(images))}
 
@@ -279,14 +278,11 @@ class Study:
                 "status": status,
                 "message": f"skipped: depends on {spec.parent} ({parent['status']})",
             }
-        reason = self.unavailable_reason(spec)
-        if reason:
-            return {**record, "status": UNAVAILABLE, "message": reason}
         if self.max_runs is not None and self.trained >= self.max_runs:
             return {**record, "status": PENDING, "message": "not run yet (max_runs reached)"}
         try:
             record.update(self.train(spec, workdir))
-            self.trained += record["status"] != UNAVAILABLE
+            self.trained += 1
         except Exception as error:  # noqa: BLE001 - one failed run must not end the study
             self.trained += 1
             traceback.print_exc()
@@ -307,12 +303,6 @@ class Study:
             return None
         return {**record, **self.base_record(spec)}
 
-    def unavailable_reason(self, spec: RunSpec) -> str | None:
-        method = spec.config.method.name
-        if spec.kind == "train" and not adapters.method_available(method):
-            return f"skipped: method {method} not available"
-        return None
-
     def run_config(self, spec: RunSpec) -> ml_collections.ConfigDict:
         config = ml_collections.ConfigDict(spec.config.to_dict())
         config.name = spec.run_id
@@ -331,19 +321,13 @@ class Study:
             config = adapters.ptq_config(config, config.init_from, list(spec.ptq_bits))
         if spec.trajectory:
             every, probes = self.trace_settings.every_steps, self.trace_settings.trajectory_probes
-            if not adapters.enable_trace_trajectory(config, every, probes):
-                fields["trajectory"] = adapters.unavailable("config.curvature is not in this checkout")
+            adapters.enable_trace_trajectory(config, every, probes)
         resumed_from = None
         if os.path.isdir(os.path.join(workdir, "checkpoints")) and spec.kind == "train":
             resumed_from = Checkpointer(os.path.join(workdir, "checkpoints")).latest_step()
         self.log(f"[study] {spec.run_id}: running in {workdir}")
         start = time.time()
-        try:
-            summary = run_mode(config, workdir)
-        except ValueError:
-            if not adapters.mode_available(config.mode):
-                return {"status": UNAVAILABLE, "message": f"skipped: mode {config.mode} not available"}
-            raise
+        summary = run_mode(config, workdir)
         fields["wall_time_s"] = time.time() - start
         fields["resumed_from_step"] = resumed_from
         fields["method_config"] = spec.config.method.to_dict()

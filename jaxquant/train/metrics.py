@@ -50,3 +50,22 @@ def format_progress(step: int, total: int, steps_per_sec: float, values: dict[st
     parts = [f"step {step}/{total}", f"{steps_per_sec:.1f} steps/s"]
     parts += [f"{k} {float(v):.4f}" for k, v in values.items()]
     return " | ".join(parts)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table of ``rows`` (floats as percentages for accuracy columns)."""
+
+    def cell(row, col):
+        value = row.get(col)
+        if value is None:
+            return "-"
+        if isinstance(value, float) and "accuracy" in col:
+            return f"{100 * value:.2f}"
+        return str(value)
+
+    cells = [[cell(r, c) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxquant.quant.policy import check_choice
+from jaxquant.checks import check_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -33,9 +33,22 @@ def decay_mask(params):
     )
 
 
+def check_optim(optim: ml_collections.ConfigDict) -> None:
+    """Refuse, with one line naming the field, values that cannot train: a learning rate that
+    is not positive, momentum outside [0, 1), negative weight decay, warm-up or clip norm."""
+    check_choice(optim.name, OPTIMIZERS, "optim.name")
+    if not optim.learning_rate > 0:
+        raise ValueError(f"optim.learning_rate={optim.learning_rate!r} must be > 0")
+    if not 0.0 <= optim.momentum < 1.0:
+        raise ValueError(f"optim.momentum={optim.momentum!r} is out of range: allowed [0, 1)")
+    for field in ("weight_decay", "warmup_steps", "grad_clip_norm"):
+        if optim[field] < 0:
+            raise ValueError(f"optim.{field}={optim[field]!r} is negative: allowed >= 0")
+
+
 def create_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
     """SGD with momentum (group protocol) or Adam(W), with masked weight decay."""
-    check_choice(optim.name, OPTIMIZERS, "optim.name")
+    check_optim(optim)
     schedule = learning_rate_schedule(optim, total_steps)
     if optim.name == "sgd":
         base = optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov)
