@@ -1,6 +1,6 @@
 """DNQ vs plain FP training, then the same PTQ, over several seeds: mean ± std by bits.
 
-    python benchmarks/dnq_vs_fp.py --config configs/dnq_vs_fp_digits.py --seeds 0,1,2 \
+    python benchmarks/dnq_vs_fp.py --config configs/dnq_vs_fp.py:digits --seeds 0,1,2 \
         --workdir runs/dnq_vs_fp_digits_seeds
 
 Runs the comparison pipeline once per seed in ``<workdir>/seed<k>`` (a finished stage
@@ -22,15 +22,17 @@ from jaxquant.study import stats
 
 
 def load_config(path: str):
+    """What ``--config=<path>[:<argument>]`` does: import the file and call ``get_config``."""
+    path, _, argument = path.partition(":")
     spec = importlib.util.spec_from_file_location("experiment_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(*([argument] if argument else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/dnq_vs_fp_digits.py")
+    parser.add_argument("--config", default="configs/dnq_vs_fp.py:digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default="runs/dnq_vs_fp_seeds")
     args = parser.parse_args()

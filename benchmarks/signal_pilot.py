@@ -2,7 +2,7 @@
 
     python benchmarks/signal_pilot.py --workdir runs/signal_pilot [--qat-epochs 3]
 
-1. FP training (``configs/fashion_cnn6.py:fp``): test accuracy after every epoch;
+1. FP training (``configs/fashion_mnist.py:fp,cnn6``): test accuracy after every epoch;
 2. the start of LSQ W2A2 QAT from it: test accuracy of the calibrated network with the FP
    BatchNorm statistics and with statistics re-estimated on clean training images;
 3. LSQ, FPQ, CR and MEC at W2A2 for ``--qat-epochs`` epochs (final statistics re-estimated,

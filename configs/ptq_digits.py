@@ -2,11 +2,11 @@
 ``--config.init_from=<fp_digits or dnq_digits workdir>``; ``--config.ptq.observer`` picks
 ``minmax`` (default), ``percentile`` or ``mse``."""
 
-from configs import fp_digits
+from configs import common
 
 
 def get_config():
-    config = fp_digits.get_config()
+    config = common.digits("fp")
     config.name = "ptq_digits"
     config.mode = "ptq"
     return config

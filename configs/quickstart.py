@@ -1,7 +1,7 @@
 """Quick start (offline, about 2 minutes on 2 CPU cores): FP pretraining of a small CNN on
 scikit-learn digits, then LSQ QAT at W4A4 and W2A2 from it, then a table of test accuracy."""
 
-from configs import fp_digits, lsq_digits
+from configs import common
 from jaxquant.defaults import get_config as base_config
 
 
@@ -9,7 +9,7 @@ def get_config():
     config = base_config()
     config.name = "quickstart"
     config.mode = "pipeline"
-    fp, lsq = fp_digits.get_config(), lsq_digits.get_config()
+    fp, lsq = common.digits("fp"), common.digits("lsq")
     config.stage_order = ("fp", "lsq_w4a4", "lsq_w2a2")
     config.stages = {
         "fp": {

@@ -23,7 +23,7 @@ from jaxquant.train.checkpoint import CheckpointError
 from jaxquant.train.lock import WorkdirBusyError
 from jaxquant.train.loop import NonFiniteLossError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:argument].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -10,9 +10,9 @@
 #                   a multi-host run); with GPUs, process i drives GPU i
 #   PORT=12355      coordinator port for PROCESSES
 # Examples:
-#   launch/local.sh configs/lsq_digits.py runs/lsq --config.init_from=runs/fp
-#   CPU_DEVICES=8 launch/local.sh configs/lsq_digits.py runs/lsq8 --config.init_from=runs/fp
-#   PROCESSES=2 CPU_DEVICES=2 launch/local.sh configs/lsq_digits.py runs/lsq2x2 --config.init_from=runs/fp
+#   launch/local.sh configs/digits.py:lsq runs/lsq --config.init_from=runs/fp
+#   CPU_DEVICES=8 launch/local.sh configs/digits.py:lsq runs/lsq8 --config.init_from=runs/fp
+#   PROCESSES=2 CPU_DEVICES=2 launch/local.sh configs/digits.py:lsq runs/lsq2x2 --config.init_from=runs/fp
 set -euo pipefail
 usage() { sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage

@@ -11,7 +11,7 @@
 #   PER=gpu           one process per GPU (JAX gives task SLURM_LOCALID the GPU of that index),
 #   PER=node          or one process per node driving all its GPUs
 # Example:
-#   sbatch --nodes=4 launch/slurm_gpu.sh configs/lsq_cifar10_resnet20.py /shared/runs/c10 \
+#   sbatch --nodes=4 launch/slurm_gpu.sh configs/cifar.py:lsq,cifar10,resnet20 /shared/runs/c10 \
 #       --config.data.data_dir=/shared/tensorflow_datasets --config.init_from=/shared/runs/c10_fp
 #SBATCH --job-name=jaxquant
 #SBATCH --nodes=1

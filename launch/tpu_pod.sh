@@ -13,7 +13,7 @@
 # to every host under the same path (an NFS / Filestore or gcsfuse mount): orbax writes each
 # host's part of a checkpoint there.
 # Example:
-#   TPU_NAME=quant ZONE=us-central2-b launch/tpu_pod.sh run configs/lsq_cifar10_resnet20.py \
+#   TPU_NAME=quant ZONE=us-central2-b launch/tpu_pod.sh run configs/cifar.py:lsq,cifar10,resnet20 \
 #       /mnt/shared/runs/c10 --config.data.data_dir=/mnt/shared/tensorflow_datasets
 set -euo pipefail
 usage() { sed -n '2,/^set /{/^#SBATCH/d;/^set /d;s/^# \{0,1\}//;p;}' "$0" >&2; exit 2; }

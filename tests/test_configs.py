@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import re
 
 import ml_collections
 import pytest
@@ -18,16 +19,40 @@ CONFIG_FILES = sorted(
     for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
     if os.path.basename(path) not in ("__init__.py", "common.py")
 )
+# every variant of the parametrised configs (``--config configs/<file>.py:<argument>``)
+VARIANTS = (
+    [f"digits.py:{m}" for m in sorted(METHODS)]
+    + [f"fashion_mnist.py:{m}" for m in ("fp", "lsq", "fpq", "cr", "mec", "dnq")]
+    + [f"fashion_mnist.py:{m},cnn6" for m in ("fp", "lsq", "fpq", "cr", "mec", "kd", "sam")]
+    + [f"cifar.py:{m},cifar10,resnet20" for m in sorted(METHODS)]
+    + ["cifar.py:lsq,cifar100,mobilenet_v2", "cifar.py"]
+    + [
+        f"dnq.py:{m},{r}"
+        for m in ("fp", "dnq")
+        for r in ("digits", "fashion_cnn", "fashion_vit", "cifar100_deit")
+    ]
+    + [
+        f"dnq_vs_fp.py:{r}"
+        for r in ("digits", "fashion_cnn", "fashion_vit", "cifar100_deit", "imagenet_deit")
+    ]
+    + ["quickstart.py", "ptq_digits.py", "analyse_digits.py"]
+)
 
 FP_TRAINING = ("fp", "dnq")  # methods that train without quantizers
 
 
-def load_config(path):
-    """What ``--config=<path>`` does: import the file and call ``get_config()``."""
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def load_config(spec):
+    """What ``--config=<file>[:<argument>]`` does: import the file and call ``get_config``."""
+    name, _, argument = spec.partition(":")
+    path = os.path.join(REPO, "configs", name)
+    module_spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(*([argument] if argument else []))
+
+
+def test_every_config_file_has_a_variant_under_test():
+    assert {os.path.basename(p) for p in CONFIG_FILES} == {v.partition(":")[0] for v in VARIANTS}
 
 
 def runnable_configs(config, workdir):
@@ -40,10 +65,10 @@ def runnable_configs(config, workdir):
     return stages
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
-def test_config_loads_and_builds(path, tmp_path, monkeypatch, request):
+@pytest.mark.parametrize("spec", VARIANTS)
+def test_config_loads_and_builds(spec, tmp_path, monkeypatch, request):
     monkeypatch.chdir(REPO)
-    config = load_config(path)
+    config = load_config(spec)
     assert isinstance(config, ml_collections.ConfigDict)
     for run_config in runnable_configs(config, str(tmp_path)):
         if not run_config.init_from and get_method(run_config.method.name).uses_teacher(run_config):
@@ -61,11 +86,15 @@ def test_config_loads_and_builds(path, tmp_path, monkeypatch, request):
         assert run.method.policy(run_config).quantizes == (run_config.method.name not in FP_TRAINING)
 
 
-def test_the_experiment_configs_exist():
-    names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
-    for model in ("fashion_mnist", "cifar10_resnet20", "cifar10_resnet18"):
-        assert {f"fp_{model}", f"lsq_{model}"} <= names
-    assert "quickstart" in names
+def test_a_config_argument_that_names_nothing_is_a_one_line_error():
+    for spec, field in (
+        ("digits.py:nope", "method.name='nope'"),
+        ("fashion_mnist.py:lsq,vgg", "model 'vgg'"),
+        ("dnq.py:lsq,digits", "method 'lsq'"),
+        ("dnq.py:dnq,mnist", "recipe 'mnist'"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(field)):
+            load_config(spec)
 
 
 @pytest.mark.parametrize("model", ["resnet20", "resnet18"])
@@ -73,7 +102,7 @@ def test_cifar_qat_configs_follow_the_group_protocol(model, monkeypatch):
     """methods.md §0: SGD momentum 0.9, batch 256, lr 0.01 cosine, wd 5e-4, 200 epochs,
     pad-crop 4 + flip, first/last layer 8 bits, min/max init on 100 images, from TFDS."""
     monkeypatch.chdir(REPO)
-    config = load_config(os.path.join(REPO, "configs", f"lsq_cifar10_{model}.py"))
+    config = load_config(f"cifar.py:lsq,cifar10,{model}")
     assert (config.model.name, config.method.name, config.data.source, config.data.name) == (
         model,
         "lsq",
@@ -95,12 +124,12 @@ def test_cifar_qat_configs_follow_the_group_protocol(model, monkeypatch):
 
 @pytest.mark.parametrize("method", ["fp", "lsq", "lsq_plus", "pact", "dorefa", "sam"])
 def test_cifar_protocol(method):
-    config = importlib.import_module(f"configs.{method}_cifar").get_config("cifar100,mobilenet_v2")
+    config = load_config(f"cifar.py:{method},cifar100,mobilenet_v2")
     assert (config.data.source, config.data.name, config.model.name) == ("tfds", "cifar100", "mobilenet_v2")
     assert (config.quant.w_bits, config.quant.a_bits, config.quant.first_last_bits) == (4, 4, 8)
     assert (config.data.batch_size, config.train.num_epochs, config.optim.weight_decay) == (256, 200, 5e-4)
     assert config.optim.learning_rate == (0.1 if method == "fp" else 0.01)
-    assert importlib.import_module(f"configs.{method}_cifar").get_config().model.name == "resnet18"
+    assert load_config(f"cifar.py:{method}").model.name == "resnet18"
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -123,7 +152,7 @@ def test_dnq_method_config_rejects_a_field_dnq_does_not_have():
     from jaxquant.methods.dnq import method_config
 
     assert method_config(p=0.25).p == 0.25
-    with pytest.raises(ValueError, match=r"method\.rho is not a field of dnq"):
+    with pytest.raises(ValueError, match=r"method\.rho is not a field of method 'dnq'"):
         method_config(rho=0.1)
 
 

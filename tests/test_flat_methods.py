@@ -171,15 +171,15 @@ def test_unknown_enum_value_is_a_one_line_error(method, field, allowed):
 
 @pytest.mark.parametrize("method", ["fpq", "cr", "mec", "kd"])
 def test_experiment_configs_build(method, fp_digits_run):
-    digits = importlib.import_module(f"configs.{method}_digits").get_config()
+    digits = importlib.import_module("configs.digits").get_config(method)
     assert set(get_method(method).defaults) <= set(digits.method)  # every field is overridable
     digits.init_from = fp_digits_run
     build_run(digits)
-    fashion = importlib.import_module(f"configs.{method}_fashion_mnist").get_config()
+    fashion = importlib.import_module("configs.fashion_mnist").get_config(method)
     assert fashion.data.name == "fashion_mnist" and fashion.method.name == method
-    cifar = importlib.import_module(f"configs.{method}_cifar")
+    cifar = importlib.import_module("configs.cifar")
     for arg in ("cifar10,resnet18", "cifar100,mobilenet_v2"):
-        config = cifar.get_config(arg)
+        config = cifar.get_config(f"{method},{arg}")
         dataset, model = arg.split(",")
         assert (config.data.source, config.data.name, config.model.name) == ("tfds", dataset, model)
         assert (config.quant.w_bits, config.quant.a_bits, config.quant.first_last_bits) == (4, 4, 8)

@@ -284,9 +284,9 @@ def test_fpq_run_logs_each_loss_term_and_its_gradient_ratio(fp_digits_run, tmp_p
 
 def test_dnq_comparison_trains_one_dnq_run_per_evaluated_width():
     sys.path.insert(0, REPO)
-    from configs import dnq_vs_fp_digits
+    from configs import dnq_vs_fp
 
-    config = dnq_vs_fp_digits.get_config()
+    config = dnq_vs_fp.get_config("digits")
     widths = [8, 6, 4, 3, 2]
     assert [s for s in config.stage_order if s.startswith("dnq_")] == [
         name for b in widths for name in (f"dnq_target{b}", f"dnq_target{b}_ptq")
@@ -295,7 +295,7 @@ def test_dnq_comparison_trains_one_dnq_run_per_evaluated_width():
         assert config.stages[f"dnq_target{b}"].method.target_bits == b
         assert config.stages[f"dnq_target{b}_ptq"].ptq.bits == str(b)
     with pytest.raises(ValueError, match="equal weight and input bits"):
-        dnq_vs_fp_digits.set_dnq_widths(config, "w4a8")
+        dnq_vs_fp.set_dnq_widths(config, "w4a8")
 
 
 # 8. LSQ's activation gradient scale ---------------------------------------------------------------

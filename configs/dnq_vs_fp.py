@@ -1,10 +1,13 @@
-"""DNQ vs plain FP training, then the same PTQ, on digits — one command:
+"""DNQ vs plain FP training, then the same PTQ, per recipe of ``configs/dnq.py`` — one command:
 
-    python -m jaxquant.main --config configs/dnq_vs_fp_digits.py --workdir runs/dnq_vs_fp_digits
+    python -m jaxquant.main --config configs/dnq_vs_fp.py:digits --workdir runs/dnq_vs_fp_digits
 
-Stages: ``fp`` (``configs/fp_digits.py``) and ``fp_ptq`` at every width of ``ptq.bits``;
+Recipes: ``digits`` (default; PTQ widths 8, 6, 4, 3, 2), ``fashion_cnn``, ``fashion_vit``,
+``cifar100_deit``, ``imagenet_deit`` (widths 8, 6, 4, 3).
+
+Stages: ``fp`` (``configs/dnq.py:fp,<recipe>``) and ``fp_ptq`` at every width of ``ptq.bits``;
 then for each width ``b`` a DNQ run trained for that width, ``dnq_target<b>``
-(``configs/dnq_digits.py`` with ``method.target_bits = b``: the same seed, steps and
+(``configs/dnq.py:dnq,<recipe>`` with ``method.target_bits = b``: the same seed, steps and
 optimiser, plus noise matched to a ``b``-bit quantizer), and its PTQ at ``b`` bits alone,
 ``dnq_target<b>_ptq``. It ends with a table of test accuracy by bits: the FP row at every
 width, each DNQ row at the width it was trained for.
@@ -12,7 +15,7 @@ width, each DNQ row at the width it was trained for.
 
 import ml_collections
 
-from configs import dnq_digits, fp_digits
+from configs import dnq
 from jaxquant.ptq import parse_bits
 
 SHARED_BLOCKS = ("model", "data", "quant", "optim", "train", "ptq", "mesh")
@@ -66,7 +69,9 @@ def set_dnq_widths(config: ml_collections.ConfigDict, bits: str) -> None:
         config.stage_order = tuple(stages)
 
 
-def get_config():
-    config = comparison_pipeline(dnq_digits.get_config(), fp_digits.get_config(), "dnq_vs_fp_digits")
-    set_dnq_widths(config, "8,6,4,3,2")  # digits is lossless down to W3A3: W2A2 shows a difference
+def get_config(recipe: str | None = None):
+    recipe = recipe or "digits"
+    config = comparison_pipeline(dnq.twin("dnq", recipe), dnq.twin("fp", recipe), f"dnq_vs_fp_{recipe}")
+    if recipe == "digits":
+        set_dnq_widths(config, "8,6,4,3,2")  # digits is lossless down to W3A3: W2A2 shows a difference
     return config

@@ -1,8 +1,0 @@
-"""KD (LSQ + logit distillation from the frozen FP teacher), W4A4, small CNN on Fashion-MNIST;
-pass ``--config.init_from=<FP Fashion-MNIST run of the same model>``."""
-
-from configs import common
-
-
-def get_config():
-    return common.fashion_mnist("kd")

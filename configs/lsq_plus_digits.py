@@ -1,8 +1,0 @@
-"""LSQ+ W4A4 QAT (learned activation offset) of the small CNN on scikit-learn digits;
-pass ``--config.init_from=<fp_digits workdir>``."""
-
-from configs import common
-
-
-def get_config():
-    return common.digits("lsq_plus")

@@ -1,8 +1,0 @@
-"""MEC-Quant (CE + MoE maximum-entropy coding vs the FP teacher's features), W4A4, small CNN on digits;
-pass ``--config.init_from=<fp_digits workdir>``."""
-
-from configs import common
-
-
-def get_config():
-    return common.digits("mec")
