@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from jaxquant.study import stats
 def load_config(path: str):
     """What ``--config=<path>[:<argument>]`` does: import the file and call ``get_config``."""
     path, _, argument = path.partition(":")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if repo not in sys.path:
+        sys.path.insert(0, repo)  # config files import the ``configs`` package
     spec = importlib.util.spec_from_file_location("experiment_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,7 +8,7 @@
 * :func:`fashion_cnn6`: the study model ``cnn6`` on Fashion-MNIST;
 * :func:`dnq_recipe`: the FP/DNQ twins (small CNN and micro ViT on Fashion-MNIST, DeiT on
   CIFAR-100 and ImageNet);
-* :func:`cifar`: the group protocol (methods brief §0) on CIFAR-10/100 with a ResNet or a
+* :func:`cifar`: the group protocol (docs/methods.md §0) on CIFAR-10/100 with a ResNet or a
   MobileNet: W4A4 (override ``quant.w_bits``/``quant.a_bits`` for W2A4, W2A2), first and
   last layer 8-bit, SGD momentum 0.9, lr 0.01, cosine, weight decay 5e-4, batch 256,
   200 epochs, crop + flip, read from a prepared TFDS folder (``--config.data.data_dir``).

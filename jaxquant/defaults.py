@@ -1,6 +1,6 @@
 """Defaults shared by every experiment; each config in configs/ starts from ``get_config()``.
 
-Every choice that the methods brief marks [design] is a field here or in the method's block.
+Every choice that docs/methods.md marks [design] is a field here or in the method's block.
 """
 
 import ml_collections
@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "run"
-    config.mode = "train"  # train | pipeline | ptq | analyse (more modes register in jaxquant.modes)
+    config.mode = "train"  # train | pipeline | ptq | analyse (the table in jaxquant/modes.py)
     config.seed = 0
     config.init_from = ""  # FP run (workdir or checkpoints folder) that QAT starts from
     config.checkpoints = ""  # mode=analyse: comma-separated workdirs of trained runs
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.crop_padding = 0
     config.data.flip = False
 
-    # Group protocol (methods brief §0).
+    # Group protocol (docs/methods.md §0).
     config.quant = ml_collections.ConfigDict()
     config.quant.w_bits = 4
     config.quant.a_bits = 4
@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.quant.act_grad_scale_elements = "sample"
     config.quant.calibration_images = 100
 
-    # Post-training quantization (mode = 'ptq', methods brief §5) of the FP run in init_from.
+    # Post-training quantization (mode = 'ptq', docs/methods.md §5) of the FP run in init_from.
     config.ptq = ml_collections.ConfigDict()
     config.ptq.bits = "8,6,4,3"  # each b: WbAb; or "w4a8"
     config.ptq.observer = "minmax"  # minmax | percentile | mse
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
-    # Baselines (methods brief §1).
+    # Baselines (docs/methods.md §1).
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"  # sgd | adam | adamw

@@ -1,4 +1,4 @@
-"""``mode = 'ptq'``: post-training quantization of a full-precision run (methods brief §5).
+"""``mode = 'ptq'``: post-training quantization of a full-precision run (docs/methods.md §5).
 
 For each bit setting of ``config.ptq.bits`` (``"8,6,4,3"`` means W8A8, W6A6, W4A4, W3A3;
 an entry ``"w4a8"`` sets weights and activations apart), with no training:

@@ -72,6 +72,24 @@ CASES = {
         [*FP_RUN_FLAGS, "--workdir={truncated}"],
         "checkpoint {truncated}/checkpoints/200 is corrupt",
     ),
+    "mistyped_override": (
+        ["--config.train.nonexistent=3"],
+        "--config.train.nonexistent: 'nonexistent' is not a field of config.train; its fields are [",
+    ),
+    "mistyped_block": (
+        ["--config.trian.num_steps=3"],
+        "--config.trian.num_steps: 'trian' is not a field of config (did you mean 'train'?)",
+    ),
+    "missing_config_file": (
+        ["--config=configs/quickstrat.py"],
+        "--config=configs/quickstrat.py: no such config file (did you mean 'configs/quickstart.py'?)",
+    ),
+    "non_positive_learning_rate": (["--config.optim.learning_rate=0"], "optim.learning_rate=0.0 must be > 0"),
+    "momentum_out_of_range": (
+        ["--config.optim.momentum=1.0"],
+        "optim.momentum=1.0 is out of range: allowed [0, 1)",
+    ),
+    "negative_weight_decay": (["--config.optim.weight_decay=-0.1"], "optim.weight_decay=-0.1 is negative"),
     "init_from_garbled_checkpoint": (
         [LSQ, "--config.init_from={garbled}"],
         "init_from='{garbled}' cannot be loaded: checkpoint {garbled}/checkpoints/200 is corrupt",
@@ -80,10 +98,11 @@ CASES = {
 
 
 def run_cli(flags):
-    command = [sys.executable, "-m", "jaxquant.main", f"--config={CLI_CONFIG}", *flags]
+    config = [] if any(flag.startswith("--config=") for flag in flags) else [f"--config={CLI_CONFIG}"]
+    command = [sys.executable, "-m", "jaxquant.main", *config, *flags]
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     start = time.time()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     return result, time.time() - start
 
 

@@ -222,7 +222,7 @@ def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):
             "-m",
             "jaxquant.main",
             "--config",
-            os.path.join(REPO, "configs", "lsq_digits.py"),
+            os.path.join(REPO, "configs", "digits.py") + ":lsq",
             "--workdir",
             str(tmp_path),
             "--config.data.batch_size=60",

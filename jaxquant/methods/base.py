@@ -53,7 +53,7 @@ class MethodContext:
 
 
 def policy_from_config(config: ml_collections.ConfigDict, **overrides) -> QuantPolicy:
-    """The quantization policy described by ``config.quant`` (methods brief §0 defaults)."""
+    """The quantization policy described by ``config.quant`` (docs/methods.md §0 defaults)."""
     q = config.quant
     fields = dict(
         w_bits=q.w_bits,

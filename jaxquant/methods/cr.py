@@ -1,4 +1,4 @@
-"""``cr``: in-distribution consistency regularization for QAT (methods brief §3).
+"""``cr``: in-distribution consistency regularization for QAT (docs/methods.md §3).
 
 The LSQ student sees view ``A1 x``, a teacher sees view ``A2 x`` of the same batch:
 
@@ -9,7 +9,7 @@ The LSQ student sees view ``A1 x``, a teacher sees view ``A2 x`` of the same bat
   gradient. [design] ``α = 1 − 1/max(h_min, f·T)``: a time constant of
   ``ema_horizon_fraction`` ``f`` (0.1) of the run's ``T`` steps and at least
   ``ema_min_horizon`` ``h_min`` (10) steps, so a short run's teacher is not stuck at its start (the
-  brief's fixed ``α = 0.999`` is a 1000-step horizon; set ``ema_horizon_fraction=0`` to use
+  first version's fixed ``α = 0.999`` (docs/methods.md §3) is a 1000-step horizon; set ``ema_horizon_fraction=0`` to use
   ``ema_decay``), with the Mean-Teacher warm-up ``α_t = min(1 − 1/(t + 1), α)``;
   ``teacher='fp'``: the frozen FP model of ``config.init_from``.
 * ``target='features'`` replaces the KL by the MSE of standardized penultimate features.

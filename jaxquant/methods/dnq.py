@@ -1,4 +1,4 @@
-"""``dnq``: full-precision training towards a flat minimum before PTQ (methods brief §5).
+"""``dnq``: full-precision training towards a flat minimum before PTQ (docs/methods.md §5).
 
 The network stays in full precision (no quantizers); every conv/dense layer that PTQ will
 quantize is perturbed during training with noise matched to its PTQ quantizer

@@ -1,4 +1,4 @@
-"""``fpq``: Feature-Perturbed Quantization (methods brief §2).
+"""``fpq``: Feature-Perturbed Quantization (docs/methods.md §2).
 
 The LSQ student gets stochastic feature perturbation (SFP,
 :class:`~jaxquant.quant.perturbations.FeatureNoise`) on the input of every conv, and is
@@ -28,7 +28,7 @@ class FPQ(TeacherMethod):
         "position": "after_quant",  # after_quant | before_quant
         "csd_weight": 1.0,
         "csd_eps": 1e-5,
-        # elements | batch: divide by B·H·W, or by B as the brief reads it (diverges at the
+        # elements | batch: divide by B·H·W, or by B as the paper states it (diverges at the
         # group's lr 0.01, see README)
         "csd_reduction": "elements",
     }

@@ -1,4 +1,4 @@
-"""``mec``: MEC-Quant, maximum-entropy coding of the quantized representation (brief §4).
+"""``mec``: MEC-Quant, maximum-entropy coding of the quantized representation (docs/methods.md §4).
 
 ``L = CE(S(x), y) + β · L_MEC(Z_s, Z_t)`` with the mixture-of-experts coding length of
 :func:`~jaxquant.objectives.coding_length.mec_moe_loss` (``experts`` contiguous channel

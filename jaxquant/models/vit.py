@@ -7,7 +7,7 @@ LayerNorm, and a linear head (``QDense``, role ``last``) on the class token, whi
 ``intermediates/features``. The qkv, output projection and both MLP layers are ``QDense``
 with role ``middle``, so the policy quantizes their weights and inputs (and DNQ perturbs them).
 
-Two more activation quantizers sit where PTQ of ViTs needs them (methods brief §5), active
+Two more activation quantizers sit where PTQ of ViTs needs them (docs/methods.md §5), active
 only when the policy quantizes activations: the input of every LayerNorm
 (``quantize_norm_inputs``) and the attention probabilities after the softmax
 (``quantize_attention``), per tensor at ``norm_bits`` / ``attention_bits`` (8 by default).

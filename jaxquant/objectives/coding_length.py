@@ -1,5 +1,5 @@
 """Maximum entropy coding (MEC, Liu et al. 2022) and the MEC-Quant mixture-of-experts form
-(methods brief §4).
+(docs/methods.md §4).
 
 Notation: ``m`` samples, ``d`` feature dimensions, distortion ``ε``, ``μ = (m + d)/2``,
 ``λ = d/(m ε²)``. By Sylvester's identity ``logdet(I_m + λ Z₁Z₂ᵀ) = logdet(I_d + λ Z₂ᵀZ₁)``

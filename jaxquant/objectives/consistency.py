@@ -1,4 +1,4 @@
-"""CR's consistency terms and their ramped weight (methods brief §3)."""
+"""CR's consistency terms and their ramped weight (docs/methods.md §3)."""
 
 from __future__ import annotations
 

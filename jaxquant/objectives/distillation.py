@@ -48,7 +48,7 @@ def csd_loss(
     eps: float = 1e-5,
     reduction: str = "elements",
 ):
-    """FPQ's channel-wise standardization distillation (methods brief §2):
+    """FPQ's channel-wise standardization distillation (docs/methods.md §2):
 
     ``L_CSD = Σ_l (1/D_l) Σ_c ‖Norm(z_t^l)_c − Norm(z_s^l)_c‖²``
 
@@ -56,7 +56,7 @@ def csd_loss(
     :func:`channel_standardize`; ``‖.‖²`` sums over (batch, H, W) and the teacher side is
     under ``sg``. ``reduction='elements'``: ``D_l = B·H_l·W_l``, a per-element mean that does
     not grow with the feature-map size; ``'batch'``: ``D_l = B``, the batch size (the
-    methods brief's reading, whose gradients are ``H·W`` times larger).
+    reading of docs/methods.md §2 as the paper states it, whose gradients are ``H·W`` times larger).
     """
     check_choice(reduction, CSD_REDUCTIONS, "method.csd_reduction")
     if len(student_maps) != len(teacher_maps):

@@ -1,4 +1,4 @@
-"""FPQ's stochastic feature perturbation (SFP, methods brief §2)."""
+"""FPQ's stochastic feature perturbation (SFP, docs/methods.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Weight and feature perturbations as pure functions (DNQ, methods brief §5; SAM, §1).
+"""Weight and feature perturbations as pure functions (DNQ, docs/methods.md §5; SAM, §1).
 
 DNQ models the rounding error of a uniform quantizer with step ``s`` as independent noise of
 the same variance: rounding error is ``U[−s/2, s/2]``, whose variance is ``s²/12``. Training

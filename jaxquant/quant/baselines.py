@@ -1,4 +1,4 @@
-"""Pure quantizer functions of the baseline methods: LSQ+, PACT and DoReFa (methods brief §1).
+"""Pure quantizer functions of the baseline methods: LSQ+, PACT and DoReFa (docs/methods.md §1).
 
 Same notation as :mod:`jaxquant.quant.quantizers`: ``s`` step, ``b`` bits, ``[q_min, q_max]``
 the integer grid, ``sg`` stop-gradient, ``⌊.⌉`` round-to-nearest. The modules that own the

@@ -16,7 +16,7 @@ def calibrate(model: nn.Module, variables: dict[str, Any], images: np.ndarray | 
 
     Runs the model in eval mode with ``params`` and ``quant_state`` mutable; each
     quantizer then recomputes ``(step, zero_point)`` from the tensor it sees with its
-    init rule and observer (min/max by default, methods brief §0). Statistics are taken over
+    init rule and observer (min/max by default, docs/methods.md §0). Statistics are taken over
     the whole (global) batch, also when it is sharded over devices.
     """
 

@@ -1,4 +1,4 @@
-"""DNQ's quantizer-matched Gaussian noise as a layer perturbation (methods brief §5).
+"""DNQ's quantizer-matched Gaussian noise as a layer perturbation (docs/methods.md §5).
 
 :class:`GaussianQuantNoise` plugs into ``LayerQuant.perturbation``: a ``QConv``/``QDense``
 calls ``perturb_weight`` and ``perturb_input`` on its (full-precision) kernel and input.

@@ -3,7 +3,7 @@
 A model takes a :class:`QuantPolicy` as a constructor argument and asks it, per layer
 role, for a :class:`LayerQuant`. The model code never changes between FP, LSQ, PACT, ...
 
-Group protocol (methods brief §0): weights per output channel, activations per tensor,
+Group protocol (docs/methods.md §0): weights per output channel, activations per tensor,
 first and last layer at 8 bits, asymmetric min/max initialisation.
 """
 

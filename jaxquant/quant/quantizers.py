@@ -1,6 +1,6 @@
 """Pure fake-quantization functions and straight-through estimators.
 
-Notation (methods brief): ``s`` step size, ``z`` zero point, ``b`` bit width,
+Notation (docs/methods.md): ``s`` step size, ``z`` zero point, ``b`` bit width,
 ``[q_min, q_max]`` the integer range, ``sg`` stop-gradient, ``⌊.⌉`` round-to-nearest.
 
 Every function here is a plain function of arrays, so it can be jitted, differentiated
@@ -79,7 +79,7 @@ def fake_quantize(x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: i
 
     ``x_int = ⌊clip(x/s + z, q_min, q_max)⌉``, ``x̂ = (x_int − z)·s``, the round passed
     straight through. For an integer ``z`` the forward value equals
-    ``clip(⌊x/s⌉ + z, q_min, q_max)`` (methods brief §0); clipping before rounding (as in
+    ``clip(⌊x/s⌉ + z, q_min, q_max)`` (docs/methods.md §0); clipping before rounding (as in
     LSQ, §1) makes the range test act on ``x/s + z`` itself, so autodiff gives exactly the
     LSQ gradients, with "inside" meaning ``q_min ≤ x/s + z ≤ q_max``:
 
@@ -125,7 +125,7 @@ def minmax_step_and_zero_point(
     """Step and zero point from an observed range (the group's min/max init).
 
     asymmetric: ``s = (max − min)/(2^b − 1)``, ``z = q_min + ⌊−min/s⌉`` (for unsigned
-    grids ``z = ⌊−min/s⌉``, as in the brief), clipped into the grid;
+    grids ``z = ⌊−min/s⌉``, as in docs/methods.md §0), clipped into the grid;
     symmetric:  ``s = max(|min|, |max|)/Q_P``, ``z = 0``.
     The range is first widened to contain 0, so that 0 is exactly representable.
     """

@@ -97,4 +97,6 @@ def reestimate_batch_stats(
         statistics(params, model_state, place(np.asarray(images[i * chunk_size : (i + 1) * chunk_size])))
         for i in range(count)
     ]
-    return {**model_state, BATCH_STATS: pooled_moments(chunks)}
+    # pooled under jit: one SPMD program, which every process of a multi-process run executes
+    # alike (eager ops on global arrays can deadlock there)
+    return {**model_state, BATCH_STATS: jax.jit(pooled_moments)(chunks)}
