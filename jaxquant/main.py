@@ -8,6 +8,7 @@ one-line error and exit status 2.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import logging as pylogging
 import os
@@ -23,7 +24,9 @@ from jaxquant.train.checkpoint import CheckpointError
 from jaxquant.train.lock import WorkdirBusyError
 from jaxquant.train.loop import NonFiniteLossError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:argument].", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:argument].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -134,7 +137,8 @@ def flag_error(argv: list[str], error: BaseException) -> str:
     if path is not None and not os.path.exists(path):
         folder = os.path.dirname(path) or "."
         files = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
-        nearby = closest(path, [os.path.join(os.path.dirname(path), f) for f in files])
+        names = difflib.get_close_matches(os.path.basename(path), files, n=3, cutoff=0.6)
+        nearby = closest(path, [os.path.join(os.path.dirname(path), name) for name in names])
         return f"--config={path}: no such config file{nearby}"
     if isinstance(error, AttributeError | KeyError):
         words = re.findall(r"\w+", str(error))

@@ -327,7 +327,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run wrote into ``workdir``; :class:`CheckpointError` if there is none."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isdir(workdir):
-        raise CheckpointError(f"run {workdir!r} does not exist")
+        raise CheckpointError(f"checkpoint {workdir!r} does not exist")
     if not os.path.exists(path):
         raise CheckpointError(f"{workdir!r} has no {CONFIG_FILE}: give the workdir of a jaxquant run")
     with open(path) as f:
