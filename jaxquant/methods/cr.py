@@ -8,9 +8,10 @@ The LSQ student sees view ``A1 x``, a teacher sees view ``A2 x`` of the same bat
   ``θ_T ← α_t·θ_T + (1 − α_t)·θ_S`` after every step, quantized like the student, no
   gradient. [design] ``α = 1 − 1/max(h_min, f·T)``: a time constant of
   ``ema_horizon_fraction`` ``f`` (0.1) of the run's ``T`` steps and at least
-  ``ema_min_horizon`` ``h_min`` (10) steps, so a short run's teacher is not stuck at its start (the
-  first version's fixed ``α = 0.999`` (docs/methods.md §3) is a 1000-step horizon; set ``ema_horizon_fraction=0`` to use
-  ``ema_decay``), with the Mean-Teacher warm-up ``α_t = min(1 − 1/(t + 1), α)``;
+  ``ema_min_horizon`` ``h_min`` (10) steps, so a short run's teacher is not stuck at its start
+  (the first version's fixed ``α = 0.999``, docs/methods.md §3, is a 1000-step horizon; set
+  ``ema_horizon_fraction=0`` to use ``ema_decay``), with the Mean-Teacher warm-up
+  ``α_t = min(1 − 1/(t + 1), α)``;
   ``teacher='fp'``: the frozen FP model of ``config.init_from``.
 * ``target='features'`` replaces the KL by the MSE of standardized penultimate features.
 * ``λ(t)`` ramps up over the first ``ramp_fraction`` of training
