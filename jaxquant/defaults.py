@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
     config.model.kwargs = ml_collections.ConfigDict()
+    # float32 | bfloat16: dtype of the convs and matmuls (float32 accumulation); parameters,
+    # optimiser state, BatchNorm, quantizers and curvature stay float32 (quant/layers.py)
+    config.model.compute_dtype = "float32"
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "local"  # local | tfds

@@ -104,6 +104,7 @@ def ptq_policy(config: ml_collections.ConfigDict, setting: BitSetting) -> QuantP
         init="minmax",
         observer=config.ptq.observer,
         observer_options=observer_options(config.ptq),
+        compute_dtype=config.model.compute_dtype,
     )
 
 
@@ -141,7 +142,8 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rng = jax.random.PRNGKey(config.seed)
     images = calibration_images(train_split, config.ptq.calibration_images, config.seed)
 
-    fp_model = create_model(model_name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
+    fp_policy = dataclasses.replace(FULL_PRECISION, compute_dtype=config.model.compute_dtype)
+    fp_model = create_model(model_name, train_split.num_classes, fp_policy, **model_kwargs)
     fp_params, fp_state = split_variables(
         transfer_variables(init_variables(fp_model, train_split.image_shape, rng), source.variables_dict)
     )
@@ -161,7 +163,7 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         return result, params
 
-    fp_result, _ = build_and_evaluate(FULL_PRECISION, calibrated=False)
+    fp_result, _ = build_and_evaluate(fp_policy, calibrated=False)
     rows, results = [], []
     for setting in settings:
         result, params = build_and_evaluate(ptq_policy(config, setting), calibrated=True)

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from jaxquant.models import forward
+from jaxquant.models import forward, in_float32
 from jaxquant.objectives.classification import cross_entropy
 
 LossFn = Callable[[Any, Any], jax.Array]
@@ -184,7 +184,8 @@ def restricted_model_loss(model: nn.Module) -> LossFn:
 
 
 def model_objective(model: nn.Module, variables, batches, selection: Selection = ALL):
-    """``(loss_fn, params, data)`` of a trained model for the curvature estimators.
+    """``(loss_fn, params, data)`` of a trained model for the curvature estimators, always in
+    float32 (:func:`~jaxquant.models.in_float32`), whatever compute dtype the model trained in.
 
     The Hessian is taken with respect to the parameters chosen by ``selection`` (see
     :func:`selection_predicate`); the other parameters, the model state and ``batches``
@@ -192,4 +193,4 @@ def model_objective(model: nn.Module, variables, batches, selection: Selection =
     """
     selected, rest = partition(variables["params"], selection)
     model_state = {k: v for k, v in variables.items() if k != "params"}
-    return restricted_model_loss(model), selected, (rest, (model_state, batches))
+    return restricted_model_loss(in_float32(model)), selected, (rest, (model_state, batches))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from jaxquant.models.apply import forward, split_variables, without_perturbations
+from jaxquant.models.apply import forward, in_float32, split_variables, without_perturbations
 from jaxquant.models.mobilenet import MobileNetV1, MobileNetV2
 from jaxquant.models.resnet import resnet18, resnet20, resnet50
 from jaxquant.models.small_cnn import SmallCNN
@@ -51,6 +51,7 @@ __all__ = [
     "MODELS",
     "create_model",
     "forward",
+    "in_float32",
     "register_model",
     "split_variables",
     "without_perturbations",

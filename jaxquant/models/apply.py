@@ -53,6 +53,15 @@ def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
+def in_float32(model: nn.Module) -> nn.Module:
+    """``model`` with its convs and matmuls in float32 (curvature is measured in float32,
+    whatever ``model.compute_dtype`` a run trains with)."""
+    policy = getattr(model, "policy", None)
+    if policy is None or policy.compute_dtype == "float32":
+        return model
+    return model.clone(policy=dataclasses.replace(policy, compute_dtype="float32"))
+
+
 def without_perturbations(model: nn.Module) -> nn.Module:
     """``model`` with its policy's perturbation (FPQ's SFP, DNQ's Gaussian noise) removed, the
     quantizers kept: what BatchNorm re-estimation and other clean passes in training mode run."""

@@ -50,6 +50,11 @@ class EncoderBlock(nn.Module):
     norm_bits: int
     attention_bits: int
 
+    def matmul(self, spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+        """An attention matmul in the policy's compute dtype, accumulated in float32."""
+        dtype = jnp.bfloat16 if self.policy.compute_dtype == "bfloat16" else jnp.float32
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
     def norm(self, x, name: str):
         x = quantize_tensor(self.policy, self.quantize_norm_inputs, self.norm_bits, True, f"{name}_quant", x)
         return nn.LayerNorm(epsilon=1e-6, name=name)(x)
@@ -63,12 +68,12 @@ class EncoderBlock(nn.Module):
         qkv = QDense(3 * self.hidden, quant=quant, name="qkv")(y, train)
         qkv = qkv.reshape(batch, tokens, 3, self.heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
+        logits = self.matmul("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
         attention = jax.nn.softmax(logits, axis=-1)
         attention = quantize_tensor(
             self.policy, self.quantize_attention, self.attention_bits, False, "attention_quant", attention
         )
-        y = jnp.einsum("bhqk,bkhd->bqhd", attention, v).reshape(batch, tokens, self.hidden)
+        y = self.matmul("bhqk,bkhd->bqhd", attention, v).reshape(batch, tokens, self.hidden)
         x = x + QDense(self.hidden, quant=quant, name="proj")(y, train)
         y = self.norm(x, "norm2")
         y = nn.gelu(QDense(self.mlp_dim, quant=quant, name="fc1")(y, train))

@@ -10,6 +10,16 @@ Variable collections:
 Calibration: a quantizer (re)initialises its step and zero point from the tensor it sees
 whenever ``quant_state`` is mutable outside of ``init`` — see
 :func:`jaxquant.quant.calibration.calibrate`.
+
+Compute dtype (``LayerQuant.compute_dtype``, from ``config.model.compute_dtype``): every
+quantizer works in float32 (``x/s + z``, rounding, clipping, the step's gradient), and so do
+parameters, BatchNorm and the layer's output. Only the conv/matmul runs in ``bfloat16``, with
+float32 accumulation. A tensor that an LSQ quantizer of at most 8 bits put on its grid
+enters it as its integer codes ``x̂/s = x_int − z`` (exact in bfloat16, whose 8-bit
+significand holds every integer up to 256), and the per-tensor input step and per-output-
+channel weight step multiply the float32 result: the product is the float32 one up to the
+summation order. Any other tensor (an FP layer, a perturbed input, other estimators, more
+than 8 bits, per-channel input steps) is rounded to bfloat16.
 """
 
 from __future__ import annotations
@@ -126,31 +136,69 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
     return qz.fake_quantize(x, s, zero.value, rng.q_min, rng.q_max), s
 
 
+EXACT_GRID_BITS = 8  # bfloat16 holds every integer code of at most this many bits
+
+
+def on_exact_grid(spec: QuantizerSpec | None, step: jax.Array | None, scale_axis: int | None) -> bool:
+    """Whether a tensor quantized by ``spec`` with ``step`` can enter a bfloat16 matmul as its
+    integer codes: an LSQ (zero-point) quantizer of at most :data:`EXACT_GRID_BITS` bits whose
+    step is one scalar, or varies only along ``scale_axis`` (the output channels)."""
+    if spec is None or step is None or spec.kind != "lsq" or spec.bits > EXACT_GRID_BITS:
+        return False
+    shape = jnp.shape(step)
+    varying = [axis for axis, size in enumerate(shape) if size > 1]
+    return not varying or (scale_axis is not None and varying == [scale_axis % len(shape)])
+
+
+def compute_operand(value: jax.Array, grid_step: jax.Array | None, dtype: str):
+    """``(operand, scale)`` with ``value = operand · scale`` for a matmul in ``dtype``:
+    float32 as it is (``scale`` None); in bfloat16 the integer codes ``value / s`` when
+    ``grid_step`` is the step of an exact grid (:func:`on_exact_grid`), else ``value`` rounded."""
+    if dtype == "float32":
+        return value, None
+    if grid_step is not None:
+        return (value / grid_step).astype(jnp.bfloat16), grid_step
+    return value.astype(jnp.bfloat16), None
+
+
+def rescale(y: jax.Array, *scales: jax.Array | None) -> jax.Array:
+    """``y`` times each per-tensor or per-output-channel scale (the last axis of ``y``)."""
+    for scale in scales:
+        if scale is not None:
+            y = y * jnp.reshape(scale, (-1,)) if jnp.size(scale) > 1 else y * jnp.reshape(scale, ())
+    return y
+
+
 class _QuantizedLayer(nn.Module):
     """Shared part of :class:`QConv` and :class:`QDense`: quantize input and weight.
 
     A perturbation with ``position == 'before_quant'`` perturbs the input before its
     quantizer (reading the step from a first call of the same quantizer); otherwise after.
+    Each returns ``(tensor, grid_step)``: the step when the tensor lies exactly on its
+    quantizer's integer grid (see :func:`on_exact_grid`), else ``None``.
     """
 
-    def quantize_input(self, x: jax.Array, quant: LayerQuant, train: bool) -> jax.Array:
+    def quantize_input(self, x: jax.Array, quant: LayerQuant, train: bool):
         step = None
         if quant.input is not None:
             quantizer = Quantizer(quant.input, is_activation=True, name="input_quant")
             if getattr(quant.perturbation, "position", "after_quant") == "before_quant":
                 _, step = quantizer(x)
-                return quantizer(quant.perturbation.perturb_input(self, x, step, train))[0]
+                return quantizer(quant.perturbation.perturb_input(self, x, step, train))[0], None
             x, step = quantizer(x)
         if quant.perturbation is not None:
             x = quant.perturbation.perturb_input(self, x, step, train)
-        return x
+            return x, None
+        return x, step if on_exact_grid(quant.input, step, None) else None
 
-    def quantize_weight(self, w: jax.Array, quant: LayerQuant, train: bool) -> jax.Array:
+    def quantize_weight(self, w: jax.Array, quant: LayerQuant, train: bool):
+        step = None
         if quant.weight is not None:
-            w, _ = Quantizer(quant.weight, is_activation=False, name="weight_quant")(w)
+            w, step = Quantizer(quant.weight, is_activation=False, name="weight_quant")(w)
         if quant.perturbation is not None:
             w = quant.perturbation.perturb_weight(self, w, train)
-        return w
+            return w, None
+        return w, step if on_exact_grid(quant.weight, step, -1) else None
 
 
 class QConv(_QuantizedLayer):
@@ -173,8 +221,10 @@ class QConv(_QuantizedLayer):
         in_features = x.shape[-1]
         kernel_shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
         kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
-        x = self.quantize_input(x, self.quant, train)
-        kernel = self.quantize_weight(kernel, self.quant, train)
+        x, x_step = self.quantize_input(x, self.quant, train)
+        kernel, w_step = self.quantize_weight(kernel, self.quant, train)
+        x, x_scale = compute_operand(x, x_step, self.quant.compute_dtype)
+        kernel, w_scale = compute_operand(kernel, w_step, self.quant.compute_dtype)
         y = jax.lax.conv_general_dilated(
             x,
             kernel,
@@ -182,7 +232,9 @@ class QConv(_QuantizedLayer):
             padding=self.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=self.feature_group_count,
+            preferred_element_type=jnp.float32,
         )
+        y = rescale(y, x_scale, w_scale)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         self.sow("intermediates", "conv_out", y)
@@ -200,9 +252,11 @@ class QDense(_QuantizedLayer):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        x = self.quantize_input(x, self.quant, train)
-        kernel = self.quantize_weight(kernel, self.quant, train)
-        y = jnp.dot(x, kernel)
+        x, x_step = self.quantize_input(x, self.quant, train)
+        kernel, w_step = self.quantize_weight(kernel, self.quant, train)
+        x, x_scale = compute_operand(x, x_step, self.quant.compute_dtype)
+        kernel, w_scale = compute_operand(kernel, w_step, self.quant.compute_dtype)
+        y = rescale(jnp.dot(x, kernel, preferred_element_type=jnp.float32), x_scale, w_scale)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y

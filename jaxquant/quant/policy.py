@@ -19,6 +19,7 @@ ROLES = ("first", "middle", "last")
 GRANULARITIES = ("channel", "tensor")
 SCHEMES = ("asymmetric", "symmetric")
 INITS = ("minmax", "lsq")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 ACT_GRAD_SCALE_ELEMENTS = ("sample", "batch")
 
 
@@ -59,6 +60,7 @@ class LayerQuant:
     weight: QuantizerSpec | None = None
     input: QuantizerSpec | None = None
     perturbation: Any = None
+    compute_dtype: str = "float32"  # of the layer's conv/matmul; see quant/layers.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +100,10 @@ class QuantPolicy:
     observer: str = "minmax"
     observer_options: tuple[tuple[str, Any], ...] = ()
     perturbation: Any = None
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
+        check_choice(self.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
         if self.w_bits is not None:
             check_bits(self.w_bits, "quant.w_bits")
         if self.a_bits is not None:
@@ -161,7 +165,9 @@ class QuantPolicy:
         perturbation = self.perturbation
         if isinstance(perturbation, RolePerturbations):
             perturbation = perturbation.for_role(role)
-        return LayerQuant(weight=weight, input=act, perturbation=perturbation)
+        return LayerQuant(
+            weight=weight, input=act, perturbation=perturbation, compute_dtype=self.compute_dtype
+        )
 
     def tensor_quantizer(self, bits: int, signed: bool) -> QuantizerSpec | None:
         """A per-tensor activation quantizer at ``bits`` (e.g. a ViT's LayerNorm input or

@@ -115,7 +115,7 @@ def build_run(
     benchmarks' random images)."""
     method = get_method(config.method.name)
     method.validate(config)
-    policy = method.policy(config)
+    policy = dataclasses.replace(method.policy(config), compute_dtype=config.model.compute_dtype)
     bn_reestimate_enabled(config, policy.quantizes)
     check_train_fields(config)
     if config.init_from and not loading:
@@ -132,7 +132,8 @@ def build_run(
             raise ValueError(
                 f"method {method.name!r} needs an FP teacher: set --config.init_from to an FP run"
             )
-        teacher = create_model(config.model.name, train_split.num_classes, FULL_PRECISION, **model_kwargs)
+        fp_policy = dataclasses.replace(FULL_PRECISION, compute_dtype=config.model.compute_dtype)
+        teacher = create_model(config.model.name, train_split.num_classes, fp_policy, **model_kwargs)
     mesh = parallel.create_mesh(config.get("mesh"))
     parallel.check_divisible_over_mesh(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_divisible_over_mesh(config.data.eval_batch_size, mesh, "data.eval_batch_size")
