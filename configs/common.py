@@ -103,7 +103,7 @@ def fashion_cnn6(method: str) -> ml_collections.ConfigDict:
 
 def cifar(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """``method`` under the group protocol; ``arg = "<dataset>,<model>"`` (default
-    ``cifar10,resnet18``), e.g. ``--config configs/pact_cifar.py:cifar100,mobilenet_v2``.
+    ``cifar10,resnet18``), e.g. ``--config configs/cifar.py:pact,cifar100,mobilenet_v2``.
     The names are checked when the run is built (``model.name``, ``data.name``)."""
     dataset, _, model = (arg or "cifar10,resnet18").partition(",")
     dataset, model = dataset or "cifar10", model or "resnet18"
