@@ -33,6 +33,30 @@ from jaxquant.methods.dnq import method_config
 IMAGENET_STEPS_PER_EPOCH = 1_281_167 // 512
 
 
+def vit_recipe(name: str, model: str, patch_size: int, learning_rate: float, warmup_steps: int, **kwargs):
+    """The ViT/DeiT recipes' shared part: AdamW at ``learning_rate`` with weight decay 0.05,
+    linear warm-up for ``warmup_steps``, gradient clipping at 1; ``kwargs`` more model sizes."""
+    config = base_config()
+    config.name = name
+    config.method.name = "fp"
+    config.model.name = model
+    config.model.kwargs = {"patch_size": patch_size, **kwargs}
+    config.optim.name = "adamw"
+    config.optim.learning_rate = learning_rate
+    config.optim.weight_decay = 0.05
+    config.optim.warmup_steps = warmup_steps
+    config.optim.grad_clip_norm = 1.0
+    return config
+
+
+def tfds(config, name: str, batch_size: int):
+    """Read TFDS ``name`` from ``~/tensorflow_datasets`` at ``batch_size``."""
+    config.data.source = "tfds"
+    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
+    config.data.name = name
+    config.data.batch_size = batch_size
+
+
 def fashion_cnn():
     config = base_config()
     config.name = "fashion_cnn"
@@ -47,40 +71,19 @@ def fashion_cnn():
 
 
 def fashion_vit():
-    config = base_config()
-    config.name = "fashion_vit"
-    config.method.name = "fp"
+    config = vit_recipe("fashion_vit", "vit_micro", 4, 1e-3, 200, hidden=64, depth=4, heads=4)
     config.data.name = "fashion_mnist"
     config.data.batch_size = 128
-    config.model.name = "vit_micro"
-    config.model.kwargs = {"patch_size": 4, "hidden": 64, "depth": 4, "heads": 4}
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-3
-    config.optim.weight_decay = 0.05
-    config.optim.warmup_steps = 200
-    config.optim.grad_clip_norm = 1.0
     config.train.num_epochs = 5
     config.train.checkpoint_every = 500
     return config
 
 
 def cifar100_deit():
-    config = base_config()
-    config.name = "cifar100_deit"
-    config.method.name = "fp"
-    config.data.source = "tfds"
-    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-    config.data.name = "cifar100"
-    config.data.batch_size = 256
+    config = vit_recipe("cifar100_deit", "deit_tiny", 4, 5e-4 * 256 / 512, 5 * 195)
+    tfds(config, "cifar100", 256)
     config.data.crop_padding = 4
     config.data.flip = True
-    config.model.name = "deit_tiny"
-    config.model.kwargs = {"patch_size": 4}
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 5e-4 * 256 / 512
-    config.optim.weight_decay = 0.05
-    config.optim.warmup_steps = 5 * 195
-    config.optim.grad_clip_norm = 1.0
     config.train.num_epochs = 200
     config.train.eval_every = 5 * 195
     config.train.checkpoint_every = 1000
@@ -88,21 +91,9 @@ def cifar100_deit():
 
 
 def imagenet_deit():
-    config = base_config()
-    config.name = "imagenet_deit"
-    config.method.name = "fp"
-    config.data.source = "tfds"
-    config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-    config.data.name = "imagenet2012"
-    config.data.batch_size = 512
+    config = vit_recipe("imagenet_deit", "deit_small", 16, 5e-5, IMAGENET_STEPS_PER_EPOCH)
+    tfds(config, "imagenet2012", 512)
     config.data.flip = True
-    config.model.name = "deit_small"
-    config.model.kwargs = {"patch_size": 16}
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 5e-5
-    config.optim.weight_decay = 0.05
-    config.optim.warmup_steps = IMAGENET_STEPS_PER_EPOCH
-    config.optim.grad_clip_norm = 1.0
     config.train.num_epochs = 30
     config.train.eval_every = IMAGENET_STEPS_PER_EPOCH
     config.train.checkpoint_every = 1000

@@ -162,6 +162,10 @@ def test_ema_teacher_is_copied_from_the_reestimated_student(fp_digits_run):
     assert_trees_close(
         state.extra["teacher"]["batch_stats"], state.model_state["batch_stats"], rtol=0, atol=0
     )
+    # ... and those are the re-estimated statistics, not the FP run's
+    _, saved = load_raw(fp_digits_run)
+    fp_var = np.asarray(saved["model_state"]["batch_stats"]["bn1"]["var"])
+    assert not np.allclose(np.asarray(state.extra["teacher"]["batch_stats"]["bn1"]["var"]), fp_var)
 
 
 def test_bad_bn_reestimate_fields_are_one_line_errors():

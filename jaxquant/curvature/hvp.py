@@ -26,6 +26,7 @@ from flax import traverse_util
 
 from jaxquant.models import forward, in_float32
 from jaxquant.objectives.classification import cross_entropy
+from jaxquant.quant.layers import is_quantizer_name
 
 LossFn = Callable[[Any, Any], jax.Array]
 Selection = str | Sequence[str] | Callable[[str], bool]
@@ -69,7 +70,7 @@ def layer_name(path: str) -> str:
     ``conv0/kernel`` and ``conv0/weight_quant/step`` → ``conv0``; ``bn0/scale`` → ``bn0``.
     """
     parts = path.split(SEPARATOR)[:-1] or path.split(SEPARATOR)
-    while len(parts) > 1 and parts[-1].endswith("_quant"):
+    while len(parts) > 1 and is_quantizer_name(parts[-1]):
         parts = parts[:-1]
     return SEPARATOR.join(parts)
 

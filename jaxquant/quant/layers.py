@@ -37,6 +37,7 @@ from jaxquant.quant.observers import get_observer
 from jaxquant.quant.policy import LayerQuant, QuantizerSpec
 
 QUANT_STATE = "quant_state"  # fixed quantizer state (zero points); mutable only to calibrate
+QUANTIZER_SUFFIX = "_quant"  # every quantizer module's name ends so (input_quant, weight_quant, ...)
 QuantizerKind = Callable[["Quantizer", jax.Array, bool], tuple[jax.Array, jax.Array]]
 QUANTIZER_KINDS: dict[str, QuantizerKind] = {}
 
@@ -134,6 +135,11 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
         s = qz.scale_gradient(s, qz.lsq_grad_scale(n, rng.q_max))
     s = jnp.abs(s) + 1e-12
     return qz.fake_quantize(x, s, zero.value, rng.q_min, rng.q_max), s
+
+
+def is_quantizer_name(name: str) -> bool:
+    """Whether a module name is a quantizer's (:data:`QUANTIZER_SUFFIX`)."""
+    return name.endswith(QUANTIZER_SUFFIX)
 
 
 EXACT_GRID_BITS = 8  # bfloat16 holds every integer code of at most this many bits

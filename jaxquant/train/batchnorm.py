@@ -65,6 +65,11 @@ def pooled_moments(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return pool(chunks)
 
 
+# compiled once per model (flax modules are hashable) and shapes, not at every re-estimation
+jitted_chunk_batch_stats = jax.jit(chunk_batch_stats, static_argnums=0)
+jitted_pooled_moments = jax.jit(pooled_moments)
+
+
 def reestimate_batch_stats(
     model: nn.Module,
     params,
@@ -92,11 +97,12 @@ def reestimate_batch_stats(
     if count < 1:
         raise ValueError(f"BatchNorm re-estimation got {len(images)} images for chunks of {chunk_size}")
     place = place or jnp.asarray
-    statistics = jax.jit(lambda p, s, x: chunk_batch_stats(clean, p, s, x))
     chunks = [
-        statistics(params, model_state, place(np.asarray(images[i * chunk_size : (i + 1) * chunk_size])))
+        jitted_chunk_batch_stats(
+            clean, params, model_state, place(np.asarray(images[i * chunk_size : (i + 1) * chunk_size]))
+        )
         for i in range(count)
     ]
     # pooled under jit: one SPMD program, which every process of a multi-process run executes
     # alike (eager ops on global arrays can deadlock there)
-    return {**model_state, BATCH_STATS: jax.jit(pooled_moments)(chunks)}
+    return {**model_state, BATCH_STATS: jitted_pooled_moments(chunks)}

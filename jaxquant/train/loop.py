@@ -28,7 +28,6 @@ from jaxquant.train.metrics import MetricsWriter, format_progress
 from jaxquant.train.setup import (
     CONFIG_FILE,
     Run,
-    bn_reestimate_enabled,
     build_run,
     clean_batch_stats,
     initial_state,
@@ -82,12 +81,16 @@ def loss_term_grads(loss_fn, params, state, batch, rng) -> dict[str, jax.Array]:
     """Each weighted loss term of ``aux['loss_terms']`` with the norm of its own gradient and
     that norm's ratio to cross-entropy's: ``term_<t>``, ``grad_norm_<t>`` = ``‖∇_θ t‖`` and
     ``grad_ratio_<t>`` = ``‖∇_θ t‖ / ‖∇_θ CE‖`` (global L2 norms over all trained
-    parameters), so a user sees whether a regulariser moves the weights at all."""
-    terms = loss_fn(params, state, batch, rng)[1]["loss_terms"]
+    parameters), so a user sees whether a regulariser moves the weights at all.
+
+    One forward pass (``jax.vjp``) and one backward pass per term, each pulling back the
+    one-hot cotangent of that term."""
+    terms, pullback = jax.vjp(lambda p: loss_fn(p, state, batch, rng)[1]["loss_terms"], params)
     out = {}
-    for name in terms:
-        term = lambda p, name=name: loss_fn(p, state, batch, rng)[1]["loss_terms"][name]
-        value, grads = jax.value_and_grad(term)(params)
+    for name, value in terms.items():
+        (grads,) = pullback(
+            {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v) for k, v in terms.items()}
+        )
         out[f"term_{name}"] = value
         out[f"grad_norm_{name}"] = optax.tree.norm(grads)
     for name in terms:
@@ -195,7 +198,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_time, last_step = time.time(), start_step
     batch_iter = run.batches.iterate(start_step)
     final_result = None  # the last step's evaluation; a finished run resumed has none yet
-    reestimate = bn_reestimate_enabled(config, run.policy.quantizes)
     for step in range(start_step, total_steps):
         batch = parallel.shard_batch(next(batch_iter), run.mesh)
         done = step + 1
@@ -210,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 term_values = jax.device_get(terms_step(state, batch))
         last_time += time.time() - diagnostic_start  # the diagnostic's time counts in no rate
         state, step_metrics = train_step(state, batch)
-        if is_last and reestimate:
+        if is_last and run.reestimates_bn:
             model_state = clean_batch_stats(
                 config, run.ctx.model, run.train_split, run.mesh, state.params, state.model_state
             )

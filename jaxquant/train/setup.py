@@ -35,6 +35,7 @@ from jaxquant.defaults import get_config
 from jaxquant.methods import Method, MethodContext, get_method, method_param_names
 from jaxquant.models import create_model, split_variables
 from jaxquant.quant.calibration import calibrate
+from jaxquant.quant.layers import is_quantizer_name
 from jaxquant.quant.policy import FULL_PRECISION, QuantPolicy
 from jaxquant.train.batchnorm import reestimate_batch_stats
 from jaxquant.train.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_raw
@@ -63,6 +64,11 @@ class Run:
     @property
     def total_steps(self) -> int:
         return self.ctx.total_steps
+
+    @property
+    def reestimates_bn(self) -> bool:
+        """Whether BatchNorm statistics are re-estimated at the start and end of training."""
+        return bn_reestimate_enabled(self.config, self.policy.quantizes)
 
     def state_sharding(self, tree):
         """The sharding of each leaf of ``tree`` on this run's mesh (FSDP rule of ``config.mesh``)."""
@@ -156,11 +162,6 @@ def init_variables(model, image_shape, rng) -> dict[str, Any]:
     return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
 
 
-def is_quantizer_name(name: str) -> bool:
-    """Whether a module name is a quantizer's (``input_quant``, ``weight_quant``, ...)."""
-    return name.endswith("_quant")
-
-
 def copy_matching(target, source, what: str, skip=frozenset()):
     """``target`` with every leaf that ``source`` also has replaced by ``source``'s value.
 
@@ -251,7 +252,7 @@ def create_train_state(run: Run) -> TrainState:
         images = calibration_images(run.train_split, config.quant.calibration_images, config.seed)
         images = parallel.place_global_batch({"image": images}, run.mesh)["image"]
         variables = calibrate(run.ctx.model, run.place_state(variables), images)
-    if bn_reestimate_enabled(config, run.policy.quantizes):
+    if run.reestimates_bn:
         params, model_state = split_variables(variables)
         model_state = clean_batch_stats(config, run.ctx.model, run.train_split, run.mesh, params, model_state)
         variables = {"params": params, **model_state}
@@ -298,10 +299,10 @@ def run_workdir(path: str) -> str:
     return path
 
 
-def merge_onto_defaults(fields: dict[str, Any], base: ml_collections.ConfigDict | None = None):
-    """``fields`` (a run's saved config) over the current defaults, so that a run saved before
-    a field existed loads with that field's default; JSON lists become tuples again."""
-    base = get_config() if base is None else base
+def merge_onto_defaults(fields: dict[str, Any], base: ml_collections.ConfigDict):
+    """``fields`` (a run's saved config) over ``base`` (today's defaults with the run's method
+    block), so that a run saved before a field existed loads with that field's default; JSON
+    lists become tuples again."""
 
     def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
         for key, value in values.items():
