@@ -76,6 +76,10 @@ def test_config_hash_ignores_name_and_init_from_but_not_settings():
     renamed = ml_collections.ConfigDict(config.to_dict())
     renamed.name, renamed.init_from = "other", "/elsewhere"
     assert runs.config_hash(renamed, "parent") == base
+    written_elsewhere = ml_collections.ConfigDict(config.to_dict())
+    written_elsewhere.train.tensorboard = not written_elsewhere.train.get("tensorboard", True)
+    written_elsewhere.export = {"pack": True}
+    assert runs.config_hash(written_elsewhere, "parent") == base
     changed = ml_collections.ConfigDict(config.to_dict())
     changed.optim.learning_rate = 0.02
     assert runs.config_hash(changed, "parent") != base

@@ -32,7 +32,9 @@ from jaxquant.study.adapters import OK, UNAVAILABLE
 FAILED = "failed"
 PENDING = "pending"
 RESULT_FILE = "study_result.json"
-HASH_EXCLUDED_FIELDS = ("name", "init_from")
+# Fields that never change a run's numbers (its name, where it starts from, what it writes
+# besides the checkpoint), dotted for nested ones: adding or changing one reuses the run.
+HASH_EXCLUDED_FIELDS = ("name", "init_from", "export", "train.tensorboard")
 
 
 @dataclasses.dataclass
@@ -65,9 +67,15 @@ class TraceSettings:
 
 
 def config_hash(config: ml_collections.ConfigDict, parent_hash: str | None = None) -> str:
-    """10 hex digits of the SHA-256 of the config (sorted JSON, without ``name`` and
-    ``init_from``) and of the parent run's hash."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in HASH_EXCLUDED_FIELDS}
+    """10 hex digits of the SHA-256 of the config (sorted JSON, without the
+    :data:`HASH_EXCLUDED_FIELDS`) and of the parent run's hash."""
+    fields = config.to_dict()
+    for dotted in HASH_EXCLUDED_FIELDS:
+        *parents, leaf = dotted.split(".")
+        block = fields
+        for key in parents:
+            block = block.get(key, {})
+        block.pop(leaf, None)
     text = json.dumps({"config": fields, "parent": parent_hash}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
