@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 256
     config.data.crop_padding = 0
     config.data.flip = False
+    # > 0: that many training images (the same for every run) become a validation split;
+    # evaluations during training read it, the test split is read once, at the end
+    config.data.validation_images = 0
 
     # Group protocol (docs/methods.md §0).
     config.quant = ml_collections.ConfigDict()
@@ -52,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.ptq.percentile = 99.99  # percentile observer: clip above the p-th percentile (in %)
     config.ptq.mse_grid = 100  # mse observer: clip ratios 1/G, 2/G, ..., 1
     config.ptq.calibration_images = 256
+    config.ptq.calibration_draw = 0  # which draw of calibration images (0: by the run's seed)
     config.ptq.bn_reestimate = True  # re-estimate the FP network's BatchNorm on clean images first
 
     config.method = ml_collections.ConfigDict()

@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from jaxquant import parallel
 from jaxquant.checks import check_choice
-from jaxquant.data import calibration_images, load_splits
+from jaxquant.data import calibration_images
 from jaxquant.methods import policy_from_config
 from jaxquant.models import create_model, split_variables
 from jaxquant.quant.calibration import calibrate
@@ -47,6 +47,7 @@ from jaxquant.train.setup import (
     init_from_errors,
     init_variables,
     load_run,
+    run_splits,
     transfer_variables,
 )
 
@@ -123,9 +124,21 @@ def check_ptq_config(config: ml_collections.ConfigDict) -> list[BitSetting]:
         raise ValueError("mode='ptq' needs --config.init_from: the FP run (workdir or checkpoints folder)")
     settings = parse_bits(config.ptq.bits)
     observer_options(config.ptq)
+    draw = config.ptq.calibration_draw
+    if not isinstance(draw, int) or isinstance(draw, bool) or draw < 0:
+        raise ValueError(f"ptq.calibration_draw={draw!r} must be an integer >= 0")
     if config.ptq.calibration_images < 1:
         raise ValueError(f"ptq.calibration_images={config.ptq.calibration_images!r} must be >= 1")
     return settings
+
+
+def calibration_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed that draws the calibration images: the run's seed for ``ptq.calibration_draw``
+    0, and an independent stream per (seed, draw) for the other draws."""
+    draw = config.ptq.get("calibration_draw", 0)
+    if draw == 0:
+        return int(config.seed)
+    return int(np.random.SeedSequence([int(config.seed), int(draw)]).generate_state(1)[0])
 
 
 def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -133,14 +146,14 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     settings = check_ptq_config(config)
     with init_from_errors(config.init_from):
         source = load_run(config.init_from)
-    train_split, test_split = load_splits(config.data.source, config.data.name, config.data.data_dir)
+    train_split, validation_split, test_split = run_splits(config)  # calibration reads train only
     mesh = parallel.create_mesh(config.get("mesh"))
     parallel.check_divisible_over_mesh(config.data.eval_batch_size, mesh, "data.eval_batch_size")
     write_config(config, workdir)
     model_name = source.config.model.name  # the source run's network, whatever this config says
     model_kwargs = dict(source.config.model.get("kwargs", {}))
     rng = jax.random.PRNGKey(config.seed)
-    images = calibration_images(train_split, config.ptq.calibration_images, config.seed)
+    images = calibration_images(train_split, config.ptq.calibration_images, calibration_seed(config))
 
     fp_policy = dataclasses.replace(FULL_PRECISION, compute_dtype=config.model.compute_dtype)
     fp_model = create_model(model_name, train_split.num_classes, fp_policy, **model_kwargs)
@@ -158,9 +171,13 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             variables = calibrate(model, variables, images)
         variables = parallel.replicate(dict(variables), mesh)
         params = variables.pop("params")
-        result = evaluate(
-            make_eval_step(model), params, variables, test_split, config.data.eval_batch_size, mesh
-        )
+        eval_step = make_eval_step(model)
+        result = evaluate(eval_step, params, variables, test_split, config.data.eval_batch_size, mesh)
+        if validation_split is not None:
+            validation = evaluate(
+                eval_step, params, variables, validation_split, config.data.eval_batch_size, mesh
+            )
+            result["validation_accuracy"] = validation["accuracy"]
         return result, params
 
     fp_result, _ = build_and_evaluate(fp_policy, calibrated=False)
@@ -176,6 +193,8 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "fp_accuracy": float(fp_result["accuracy"]),
         }
         rows.append(row)
+        if "validation_accuracy" in result:
+            row["ptq_validation_accuracy"] = float(result["validation_accuracy"])
         results.append({**row, "ptq_loss": float(result["loss"]), "step_sizes": step_sizes(params)})
         print(
             f"[{config.name}] PTQ {setting.label} ({config.ptq.observer}): "
@@ -194,6 +213,7 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "observer": config.ptq.observer,
         "observer_options": dict(observer_options(config.ptq)),
         "calibration_images": int(len(images)),
+        "calibration_draw": int(config.ptq.calibration_draw),
         "bn_reestimate": bool(config.ptq.bn_reestimate),
         "first_last_bits": config.quant.first_last_bits,
         "fp_accuracy": float(fp_result["accuracy"]),

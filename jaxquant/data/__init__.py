@@ -2,7 +2,7 @@
 
 from jaxquant.data.augment import random_crop_flip
 from jaxquant.data.pipeline import TrainBatches, calibration_images, eval_batches, fixed_batches
-from jaxquant.data.sources import DatasetNotFoundError, Split, load_splits
+from jaxquant.data.sources import DatasetNotFoundError, Split, hold_out_validation, load_splits
 
 __all__ = [
     "DatasetNotFoundError",
@@ -11,6 +11,7 @@ __all__ = [
     "calibration_images",
     "eval_batches",
     "fixed_batches",
+    "hold_out_validation",
     "load_splits",
     "random_crop_flip",
 ]

@@ -164,6 +164,35 @@ def load_tfds_split(name: str, split: str, data_dir: str) -> Split:
     return Split(f"{name}/{split}", len(source), image_shape, num_classes, read, 0.45, 0.25)
 
 
+VALIDATION_SEED = 0  # the held-out images are the same for every run, seed and method
+
+
+def subset(split: Split, indices: np.ndarray, name: str) -> Split:
+    """The examples ``indices`` of ``split`` as a split of their own (same statistics)."""
+    indices = np.asarray(indices)
+
+    def read(positions):
+        return split.read(indices[np.asarray(positions)])
+
+    return dataclasses.replace(split, name=name, size=len(indices), read=read)
+
+
+def hold_out_validation(train: Split, num_images: int) -> tuple[Split, Split]:
+    """``(train', validation)``: ``num_images`` training examples drawn once without
+    replacement (seed :data:`VALIDATION_SEED`, independent of the run's seed) become the
+    validation split, the rest stay training; every [design] choice is made on validation
+    so that the test split is read once per run, for the final numbers."""
+    if not isinstance(num_images, int) or isinstance(num_images, bool) or not 0 < num_images < len(train):
+        raise ValueError(
+            f"data.validation_images={num_images!r} must be an integer in [1, {len(train) - 1}] "
+            f"(the training split has {len(train)} images), or 0 for no validation split"
+        )
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))
+    held_out, kept = np.sort(order[:num_images]), np.sort(order[num_images:])
+    validation = subset(train, held_out, f"{train.name}[validation]")
+    return subset(train, kept, f"{train.name}-minus-validation"), validation
+
+
 def load_splits(source: str, name: str, data_dir: str = "") -> tuple[Split, Split]:
     """``(train, test)`` splits of dataset ``name`` from ``source`` (``local`` or ``tfds``)."""
     if source == "local":

@@ -61,7 +61,7 @@ def ptq_config(source: ml_collections.ConfigDict, source_workdir: str, bits: lis
 
 def read_ptq_report(workdir: str) -> dict[str, Any]:
     """``{"status": "ok", "accuracy_by_bits": {"8": acc, ...}, "fp_accuracy": acc}`` from the
-    PTQ mode's report.
+    PTQ mode's report, with ``validation_accuracy_by_bits`` when the run had a validation split.
 
     Expects ``<workdir>/ptq_report.json`` with ``"fp_accuracy"`` and ``"results"``: one object
     per bit setting with ``"w_bits"``, ``"a_bits"`` and ``"ptq_accuracy"`` (a fraction).
@@ -71,14 +71,19 @@ def read_ptq_report(workdir: str) -> dict[str, Any]:
         return unavailable(f"the PTQ mode wrote no {PTQ_REPORT} in {workdir}")
     with open(path) as f:
         report = json.load(f)
-    by_bits = {}
+    by_bits, validation_by_bits = {}, {}
     for row in report.get("results", []):
         if not {"w_bits", "a_bits", "ptq_accuracy"} <= set(row) or row["w_bits"] != row["a_bits"]:
             return unavailable(f"{path}: a result is not 'w_bits' = 'a_bits' with 'ptq_accuracy': {row}")
         by_bits[str(row["w_bits"])] = float(row["ptq_accuracy"])
+        if "ptq_validation_accuracy" in row:
+            validation_by_bits[str(row["w_bits"])] = float(row["ptq_validation_accuracy"])
     if not by_bits:
         return unavailable(f"{path} has no 'results'")
-    return {"status": OK, "accuracy_by_bits": by_bits, "fp_accuracy": report.get("fp_accuracy")}
+    out = {"status": OK, "accuracy_by_bits": by_bits, "fp_accuracy": report.get("fp_accuracy")}
+    if validation_by_bits:
+        out["validation_accuracy_by_bits"] = validation_by_bits
+    return out
 
 
 def curvature_tools():

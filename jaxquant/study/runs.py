@@ -348,6 +348,8 @@ class Study:
             fields.update(
                 accuracy=summary["test_accuracy"], test_loss=summary["test_loss"], steps=summary["steps"]
             )
+            if "validation_accuracy" in summary:
+                fields["validation_accuracy"] = summary["validation_accuracy"]
         return {"status": OK, **fields}
 
     def complete_analyses(self, spec: RunSpec, record: dict[str, Any], workdir: str) -> dict[str, Any]:

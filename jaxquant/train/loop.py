@@ -141,6 +141,39 @@ def evaluate(eval_step, params, model_state, split: Split, batch_size: int, mesh
     return {"accuracy": correct / count, "loss": loss_sum / count, "examples": int(count)}
 
 
+def evaluate_during_training(run: Run, eval_step, state: TrainState) -> tuple[str, dict]:
+    """``(kind, result)`` of an evaluation between steps: the validation split when there is
+    one (kind ``validation``), else test (kind ``eval``). A run that re-estimates BatchNorm
+    is evaluated on re-estimated statistics, as its final checkpoint will be; the training
+    state keeps its running statistics."""
+    config, model_state = run.config, state.model_state
+    if run.reestimates_bn:
+        model_state = clean_batch_stats(
+            config, run.ctx.model, run.train_split, run.mesh, state.params, state.model_state
+        )
+        model_state = run.place_state(model_state)
+    kind = "validation" if run.validation_split is not None else "eval"
+    batch_size = config.data.eval_batch_size
+    return kind, evaluate(eval_step, state.params, model_state, run.eval_split, batch_size, run.mesh)
+
+
+def final_evaluations(run: Run, eval_step, state: TrainState, metrics, step: int) -> dict[str, dict]:
+    """The final checkpoint on validation (when there is one) and on test, the test split's
+    only reading; written to ``metrics`` (kinds ``validation`` and ``eval``) unless ``None``."""
+    splits = {"validation": run.validation_split, "test": run.test_split}
+    results = {}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        results[name] = evaluate(
+            eval_step, state.params, state.model_state, split, run.config.data.eval_batch_size, run.mesh
+        )
+        if metrics is not None:
+            metrics.write("validation" if name == "validation" else "eval", step, results[name])
+        print(f"[{run.config.name}] {name} at step {step}: accuracy {results[name]['accuracy']:.4f}")
+    return results
+
+
 def non_finite_error(what: str, step: int, checkpointer: Checkpointer) -> NonFiniteLossError:
     latest = checkpointer.latest_step()
     kept = (
@@ -197,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log_every = max(1, config.train.log_every)
     last_time, last_step = time.time(), start_step
     batch_iter = run.batches.iterate(start_step)
-    final_result = None  # the last step's evaluation; a finished run resumed has none yet
+    final_results = None  # the last step's evaluations; a finished run resumed has none yet
     for step in range(start_step, total_steps):
         batch = parallel.shard_batch(next(batch_iter), run.mesh)
         done = step + 1
@@ -228,19 +261,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ratios = {k: v for k, v in values.items() if k.startswith("grad_ratio_")}
             shown.update({f"{k.removeprefix('grad_ratio_')}/ce": v for k, v in ratios.items()})
             print(f"[{config.name}] " + format_progress(done, total_steps, rate, shown), flush=True)
-        if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
-            result = evaluate(
-                eval_step,
-                state.params,
-                state.model_state,
-                run.test_split,
-                config.data.eval_batch_size,
-                run.mesh,
-            )
-            metrics.write("eval", done, result)
-            print(f"[{config.name}] eval at step {done}: accuracy {result['accuracy']:.4f}")
-            if is_last:
-                final_result = result
+        if config.train.eval_every and done % config.train.eval_every == 0 and not is_last:
+            kind, result = evaluate_during_training(run, eval_step, state)
+            metrics.write(kind, done, result)
+            print(f"[{config.name}] {kind} at step {done}: accuracy {result['accuracy']:.4f}")
+        if is_last:
+            final_results = final_evaluations(run, eval_step, state, metrics, done)
         curvature_monitor.maybe_probe(done, state)
         if (config.train.checkpoint_every and done % config.train.checkpoint_every == 0) or is_last:
             check_finite(jax.device_get(step_metrics), done, checkpointer)
@@ -249,14 +275,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise non_finite_error("a parameter is NaN or inf", done, checkpointer)
             checkpointer.save(done, state)
 
-    result = final_result or evaluate(
-        eval_step,
-        state.params,
-        state.model_state,
-        run.test_split,
-        config.data.eval_batch_size,
-        run.mesh,
-    )
+    if final_results is None:
+        final_results = final_evaluations(run, eval_step, state, None, int(state.step))
+    result = final_results["test"]
     checkpointer.close()
     summary = {
         "name": config.name,
@@ -270,6 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "test_loss": float(result["loss"]),
         "seed": config.seed,
     }
+    if "validation" in final_results:
+        summary["validation_accuracy"] = float(final_results["validation"]["accuracy"])
+        summary["validation_loss"] = float(final_results["validation"]["loss"])
     if parallel.is_lead_process():
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxquant import parallel
 from jaxquant.checks import check_choice
-from jaxquant.data import TrainBatches, calibration_images, load_splits
+from jaxquant.data import TrainBatches, calibration_images, hold_out_validation, load_splits
 from jaxquant.data.sources import Split
 from jaxquant.defaults import get_config
 from jaxquant.methods import Method, MethodContext, get_method, method_param_names
@@ -60,6 +60,12 @@ class Run:
     batches: TrainBatches
     tx: Any
     schedule: Any
+    validation_split: Split | None = None  # data.validation_images > 0
+
+    @property
+    def eval_split(self) -> Split:
+        """What evaluations during training read: validation when there is one, else test."""
+        return self.validation_split or self.test_split
 
     @property
     def total_steps(self) -> int:
@@ -112,6 +118,22 @@ def init_from_errors(path: str):
         raise CheckpointError(f"init_from={path!r} cannot be loaded: {error}") from error
 
 
+def run_splits(
+    config: ml_collections.ConfigDict, splits: tuple[Split, Split] | None = None
+) -> tuple[Split, Split | None, Split]:
+    """``(train, validation, test)`` of ``config.data`` (``splits`` = (train, test) replace the
+    configured data); validation is ``None`` unless ``data.validation_images`` > 0, and then
+    held out of train (:func:`~jaxquant.data.hold_out_validation`)."""
+    if splits is None:
+        splits = load_splits(config.data.source, config.data.name, config.data.data_dir)
+    train_split, test_split = splits
+    count = config.data.get("validation_images", 0)
+    if not count:
+        return train_split, None, test_split
+    train_split, validation_split = hold_out_validation(train_split, count)
+    return train_split, validation_split, test_split
+
+
 def build_run(
     config: ml_collections.ConfigDict, loading: bool = False, splits: tuple[Split, Split] | None = None
 ) -> Run:
@@ -127,9 +149,7 @@ def build_run(
     if config.init_from and not loading:
         with init_from_errors(config.init_from):
             find_checkpoint(config.init_from)
-    if splits is None:
-        splits = load_splits(config.data.source, config.data.name, config.data.data_dir)
-    train_split, test_split = splits
+    train_split, validation_split, test_split = run_splits(config, splits)
     model_kwargs = dict(config.model.get("kwargs", {}))
     model = create_model(config.model.name, train_split.num_classes, policy, **model_kwargs)
     teacher = None
@@ -153,7 +173,9 @@ def build_run(
         total_steps=total_steps,
         pad_value=train_split.pad_value,
     )
-    return Run(config, method, policy, ctx, train_split, test_split, mesh, batches, tx, schedule)
+    return Run(
+        config, method, policy, ctx, train_split, test_split, mesh, batches, tx, schedule, validation_split
+    )
 
 
 def init_variables(model, image_shape, rng) -> dict[str, Any]:

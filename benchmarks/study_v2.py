@@ -1,0 +1,398 @@
+"""Study v2: the pre-registered reproduction of docs/study_protocol.md (issue #13).
+
+    python benchmarks/study_v2.py                  # pilot, tuning, then the grid (resumable)
+    python benchmarks/study_v2.py --max-runs 3     # train at most 3 runs in this call
+    python benchmarks/study_v2.py --measure-cost   # project the grid from the runs measured so far
+
+Every number of the protocol is a constant here (``tests/test_study_v2.py`` checks they agree
+with docs/study_protocol.md). The study runs in three stages, each through the resumable
+executor of :mod:`jaxquant.study.runs` (a finished run is read back, a killed one resumes):
+
+1. the seed-0 FP run and the pilot (LSQ W2A2 for ``PILOT_EPOCHS`` epochs), whose validation
+   curve sets the QAT length E (:func:`qat_length`);
+2. the tuning runs of seed 0 at W2A2 (one per candidate of ``TUNED_FIELDS``; DNQ's with its
+   W4A4 PTQ), whose validation accuracies choose each field (:func:`choose`);
+3. the grid of the protocol's §7 for every seed with those choices.
+
+A stage that cannot finish yet (``--max-runs`` reached, a run failed) ends the call; the
+records so far are in ``benchmarks/results/study_v2.json`` with ``"partial": true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]
+
+from configs.common import fashion_cnn6  # noqa: E402
+from jaxquant.study.adapters import OK  # noqa: E402
+from jaxquant.study.runs import RunSpec, Study, TraceSettings  # noqa: E402
+from jaxquant.train.metrics import read_metrics  # noqa: E402
+
+STUDY = "study_v2"
+SEEDS = 5
+VALIDATION_IMAGES = 5000
+TRAIN_IMAGES = 60000 - VALIDATION_IMAGES
+BATCH_SIZE = 256  # the fashion_cnn6 recipe's
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH_SIZE
+PILOT_EPOCHS = 6
+MIN_QAT_EPOCHS = 3
+PLATEAU_TOLERANCE = 0.003  # E: the first epoch >= 3 within 0.3 points of the pilot's best
+TIE_TOLERANCE = 0.001  # a candidate within 0.1 points of the default does not replace it
+# (method, field): (default, other candidates); chosen on seed 0 at W2A2 by validation accuracy
+TUNED_FIELDS = {
+    ("fpq", "csd_weight"): (1.0, (0.1, 0.01)),
+    ("cr", "ema_horizon_fraction"): (0.1, (0.3,)),
+    ("mec", "beta"): (1.0, (10.0,)),
+    ("dnq", "noise_scale"): (1.0, (0.5,)),
+}
+TUNING_SEED = 0
+TUNING_BITS = (2, 2)
+DNQ_TUNING_TARGET = 4
+# (label, method, method fields) per bit setting: the claims' grid (protocol §7)
+GRID = {
+    (4, 4): (("lsq", "lsq", {}), ("fpq", "fpq", {})),
+    (2, 4): (
+        ("lsq", "lsq", {}),
+        ("fpq", "fpq", {}),
+        ("fpq_sfp_only", "fpq", {"csd_weight": 0.0}),
+        ("fpq_csd_only", "fpq", {"sfp": False}),
+        ("cr", "cr", {}),
+        ("sam", "sam", {}),
+    ),
+    (2, 2): (("lsq", "lsq", {}), ("fpq", "fpq", {}), ("cr", "cr", {}), ("mec", "mec", {}), ("kd", "kd", {})),
+}
+DNQ_TARGETS = (4, 3)
+PTQ_BITS = (8, 6, 4, 3)
+PTQ_OBSERVERS = ("minmax", "mse")
+CALIBRATION_DRAWS = (0, 1, 2)
+TRAJECTORY_METHODS = ("lsq", "fpq", "cr", "mec")
+TRAJECTORY_BITS = (2, 2)
+TRACE = TraceSettings(
+    batch_size=256, num_probes=30, seed=0, every_steps=STEPS_PER_EPOCH // 2, trajectory_probes=10
+)
+
+
+def bits_label(w_bits: int, a_bits: int) -> str:
+    return f"W{w_bits}A{a_bits}"
+
+
+def base_config(method: str, seed: int, epochs: float):
+    """The protocol's recipe (``configs/common.py:fashion_cnn6``) with the validation split,
+    a validation evaluation every epoch and ``epochs`` of training."""
+    config = fashion_cnn6(method)
+    config.seed = seed
+    config.data.validation_images = VALIDATION_IMAGES
+    config.train.num_epochs = epochs
+    config.train.eval_every = STEPS_PER_EPOCH
+    config.train.log_every = STEPS_PER_EPOCH // 2
+    config.train.checkpoint_every = STEPS_PER_EPOCH
+    return config
+
+
+def fp_spec(seed: int, method: str = "fp", fields: dict | None = None, run_id: str = "", group: str = "fp"):
+    """An FP-recipe run: plain FP, or DNQ with ``fields`` (its target bits, noise scale)."""
+    config = base_config(method, seed, config_epochs(method))
+    config.method.update(fields or {})
+    labels = dict(seed=seed, group=group, method=method, bits="FP", w_bits=None, a_bits=None)
+    labels.update(target_bits=(fields or {}).get("target_bits"))
+    return RunSpec(run_id or f"seed{seed}/{method}", "train", config, labels, trace=True)
+
+
+def config_epochs(method: str) -> float:
+    return fashion_cnn6(method).train.num_epochs
+
+
+def qat_spec(seed, bits, label, method, fields, epochs, group="qat", run_id=""):
+    """A QAT run from the seed's FP run, ``epochs`` long, at ``bits``."""
+    config = base_config(method, seed, epochs)
+    config.quant.w_bits, config.quant.a_bits = bits
+    config.method.update(fields)
+    run_id = run_id or f"seed{seed}/{label}_{bits_label(*bits).lower()}"
+    labels = dict(
+        seed=seed, group=group, method=label, bits=bits_label(*bits), w_bits=bits[0], a_bits=bits[1]
+    )
+    spec = RunSpec(run_id, "train", config, labels, parent=f"seed{seed}/fp", trace=True)
+    spec.trajectory = label in TRAJECTORY_METHODS and tuple(bits) == TRAJECTORY_BITS
+    return spec
+
+
+def ptq_spec(parent: RunSpec, observer: str, draw: int, bits=PTQ_BITS, group="ptq") -> RunSpec:
+    """PTQ of the FP-recipe run ``parent`` with ``observer`` and calibration ``draw``."""
+    from jaxquant.study.adapters import ptq_config
+
+    config = ptq_config(parent.config, "", list(bits))
+    config.ptq.observer = observer
+    config.ptq.calibration_draw = draw
+    labels = dict(parent.labels, group=group, source=parent.labels["method"], observer=observer, draw=draw)
+    labels.update(bits="PTQ", kind_of_source=parent.run_id)
+    run_id = f"{parent.run_id}/ptq_{observer}_draw{draw}"
+    return RunSpec(run_id, "ptq", config, labels, parent=parent.run_id, ptq_bits=tuple(bits))
+
+
+def pilot_stage() -> list[RunSpec]:
+    """The seed-0 FP run and the pilot: LSQ W2A2, PILOT_EPOCHS epochs, validation each epoch."""
+    pilot = qat_spec(0, (2, 2), "lsq", "lsq", {}, PILOT_EPOCHS, group="pilot", run_id="pilot/lsq_w2a2")
+    pilot.trajectory = False
+    return [fp_spec(0), pilot]
+
+
+def validation_curve(workdir: str) -> list[tuple[int, float]]:
+    """``(epoch, validation accuracy)`` of a run from its metrics (the last record per step)."""
+    by_step = {}
+    for row in read_metrics(os.path.join(workdir, "metrics.jsonl")):
+        if row.get("kind") == "validation":
+            by_step[int(row["step"])] = float(row["accuracy"])
+    return [(step // STEPS_PER_EPOCH, by_step[step]) for step in sorted(by_step)]
+
+
+def qat_length(curve: list[tuple[int, float]]) -> int:
+    """E: the smallest epoch ``e ≥ MIN_QAT_EPOCHS`` whose validation accuracy is within
+    ``PLATEAU_TOLERANCE`` of the curve's best (the pilot's length caps it)."""
+    best = max(accuracy for _, accuracy in curve)
+    eligible = [
+        epoch for epoch, accuracy in curve if epoch >= MIN_QAT_EPOCHS and accuracy >= best - PLATEAU_TOLERANCE
+    ]
+    return min(eligible) if eligible else max(epoch for epoch, _ in curve)
+
+
+def candidate_id(method: str, field: str, value) -> str:
+    """The run id of one tuning candidate; the grid's seed-0 run at the chosen value is that run."""
+    if method == "dnq":
+        return f"seed{TUNING_SEED}/dnq_t{DNQ_TUNING_TARGET}_{field}{value}"
+    return f"seed{TUNING_SEED}/{method}_{bits_label(*TUNING_BITS).lower()}_{field}{value}"
+
+
+def dnq_candidate(value, group: str) -> RunSpec:
+    fields = {"target_bits": DNQ_TUNING_TARGET, "noise_scale": value}
+    return fp_spec(TUNING_SEED, "dnq", fields, candidate_id("dnq", "noise_scale", value), group)
+
+
+def tuning_stage(epochs: int) -> list[RunSpec]:
+    """Seed-0 runs of every candidate of ``TUNED_FIELDS``: QAT at ``TUNING_BITS``; DNQ at
+    target ``DNQ_TUNING_TARGET`` with its minmax PTQ (draw 0) at that width."""
+    specs = []
+    for (method, field), (default, others) in TUNED_FIELDS.items():
+        for value in (default, *others):
+            run_id = candidate_id(method, field, value)
+            if method == "dnq":
+                network = dnq_candidate(value, "tuning")
+                specs += [network, ptq_spec(network, "minmax", 0, group="tuning")]
+            else:
+                specs.append(
+                    qat_spec(
+                        TUNING_SEED, TUNING_BITS, method, method, {field: value}, epochs, "tuning", run_id
+                    )
+                )
+    return specs
+
+
+def tuning_score(record: dict[str, Any] | None) -> float | None:
+    """The validation accuracy a candidate is chosen by (DNQ: its PTQ's at the target width)."""
+    if record is None or record.get("status") != OK:
+        return None
+    if record["kind"] == "ptq":
+        return (record.get("ptq") or {}).get("validation_accuracy_by_bits", {}).get(str(DNQ_TUNING_TARGET))
+    return record.get("validation_accuracy")
+
+
+def choose(default, candidates: dict[Any, float]) -> Any:
+    """The candidate with the highest validation accuracy; the default unless another beats
+    it by more than ``TIE_TOLERANCE``."""
+    best = max(candidates, key=lambda value: candidates[value])
+    return best if candidates[best] > candidates[default] + TIE_TOLERANCE else default
+
+
+def choices_from(records: dict[str, dict[str, Any]]) -> tuple[dict | None, dict]:
+    """``({(method, field): chosen value} or None while a candidate is missing, the scores)``."""
+    scores: dict[str, dict[str, float | None]] = {}
+    chosen = {}
+    for (method, field), (default, others) in TUNED_FIELDS.items():
+        per_value = {}
+        for value in (default, *others):
+            run_id = candidate_id(method, field, value)
+            if method == "dnq":
+                run_id += "/ptq_minmax_draw0"
+            per_value[value] = tuning_score(records.get(run_id))
+        scores[f"{method}.{field}"] = {str(v): score for v, score in per_value.items()}
+        if any(score is None for score in per_value.values()):
+            return None, scores
+        chosen[(method, field)] = choose(default, per_value)
+    return chosen, scores
+
+
+def tuned_fields(method: str, chosen: dict) -> dict[str, Any]:
+    return {field: value for (m, field), value in chosen.items() if m == method}
+
+
+def grid_stage(epochs: int, chosen: dict, seeds: int = SEEDS) -> list[RunSpec]:
+    """The protocol's §7 grid for every seed with the chosen [design] fields; the seed-0 run
+    of a tuned method at the tuning bits is its chosen candidate's run (same id, same config)."""
+    specs = []
+    for seed in range(seeds):
+        fp = fp_spec(seed)
+        specs.append(fp)
+        for bits, runs in GRID.items():
+            for label, method, fields in runs:
+                merged = {**tuned_fields(method, chosen), **fields}
+                run_id = ""
+                if seed == TUNING_SEED and tuple(bits) == TUNING_BITS and not fields and merged:
+                    ((field, value),) = merged.items()
+                    run_id = candidate_id(method, field, value)
+                specs.append(qat_spec(seed, bits, label, method, merged, epochs, run_id=run_id))
+        networks = [fp]
+        for target in DNQ_TARGETS:
+            fields = {"target_bits": target, **tuned_fields("dnq", chosen)}
+            run_id = f"seed{seed}/dnq_t{target}"
+            if seed == TUNING_SEED and target == DNQ_TUNING_TARGET:
+                run_id = candidate_id("dnq", "noise_scale", fields["noise_scale"])
+            networks.append(fp_spec(seed, "dnq", fields, run_id))
+        specs += networks[1:]
+        for network in networks:
+            for observer in PTQ_OBSERVERS:
+                for draw in CALIBRATION_DRAWS:
+                    specs.append(ptq_spec(network, observer, draw))
+    return specs
+
+
+def merge(*stages: list[RunSpec]) -> list[RunSpec]:
+    """The stages' specs in order of first appearance; a later spec with an id already
+    present is the same run (same config, checked) and its labels replace the earlier's."""
+    out: dict[str, RunSpec] = {}
+    for stage in stages:
+        for spec in stage:
+            earlier = out.get(spec.run_id)
+            if earlier is not None and earlier.config.to_dict() != spec.config.to_dict():
+                raise ValueError(f"run {spec.run_id!r} appears twice with different configs")
+            out[spec.run_id] = spec
+    return list(out.values())
+
+
+def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
+    return {
+        "study": STUDY,
+        "protocol": "docs/study_protocol.md",
+        "stage": stage,
+        "partial": stage != "grid finished",
+        "command": command,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "accelerator": None},
+        "settings": {
+            "seeds": SEEDS,
+            "validation_images": VALIDATION_IMAGES,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "pilot_epochs": PILOT_EPOCHS,
+            "tuned_fields": {f"{m}.{f}": [d, *o] for (m, f), (d, o) in TUNED_FIELDS.items()},
+            "trace": dataclasses.asdict(TRACE),
+        },
+        **extra,
+    }
+
+
+def run_stages(study_dir: str, results: str, command: str, max_runs: int | None) -> dict[str, Any]:
+    """Run the three stages as far as they go in this call; return the last header."""
+    budget = [max_runs]
+
+    def execute(specs, stage, extra):
+        study = Study(study_dir, specs, results, header(command, stage, extra), TRACE, budget[0])
+        records = {record["run_id"]: record for record in study.run()}
+        if budget[0] is not None:
+            budget[0] = max(0, budget[0] - study.trained)
+        return records
+
+    pilot = pilot_stage()
+    records = execute(pilot, "pilot", {})
+    if any(records[spec.run_id]["status"] != OK for spec in pilot):
+        return {"stage": "pilot"}
+    curve = validation_curve(os.path.join(study_dir, records["pilot/lsq_w2a2"]["workdir"]))
+    epochs = qat_length(curve)
+    extra = {"pilot": {"validation_by_epoch": curve, "qat_epochs": epochs}}
+    print(f"[study_v2] pilot: validation by epoch {curve} -> QAT length {epochs} epochs")
+    tuning = tuning_stage(epochs)
+    records = execute(merge(pilot, tuning), "tuning", extra)
+    chosen, scores = choices_from(records)
+    extra["tuning"] = {"scores": scores}
+    if chosen is None:
+        return {"stage": "tuning", **extra}
+    extra["tuning"]["chosen"] = {f"{m}.{f}": value for (m, f), value in chosen.items()}
+    print(f"[study_v2] tuning: {extra['tuning']}")
+    grid = grid_stage(epochs, chosen)
+    specs = merge(pilot, tuning, grid)
+    records = execute(specs, "grid", extra)
+    finished = all(records[spec.run_id]["status"] == OK for spec in specs)
+    if finished:
+        execute(specs, "grid finished", extra)
+    return {"stage": "grid finished" if finished else "grid", **extra}
+
+
+def measure_cost(results: str) -> dict[str, Any]:
+    """Project the grid's wall-clock from the runs measured so far: the seed-0 FP run's
+    seconds per epoch and each method's seconds per epoch where it has run, else LSQ's
+    scaled by the train-step benchmark's ratio (benchmarks/README.md)."""
+    with open(results) as f:
+        runs = [r for r in json.load(f)["runs"] if r.get("status") == OK and r.get("wall_time_s")]
+    per_epoch: dict[str, list[float]] = {}
+    for r in runs:
+        if r["kind"] == "train" and r.get("steps"):
+            per_epoch.setdefault(r["method"], []).append(r["wall_time_s"] * STEPS_PER_EPOCH / r["steps"])
+    ptq = [r["wall_time_s"] for r in runs if r["kind"] == "ptq"]
+    measured = {method: sum(v) / len(v) for method, v in per_epoch.items()}
+    step_ratio_vs_lsq = {"fpq": 1 / 0.62 * 0.91, "cr": 0.91 / 0.76, "mec": 0.91 / 0.84, "kd": 1.3, "sam": 2.0}
+    step_ratio_vs_lsq.update(fpq_sfp_only=1.2, fpq_csd_only=1.3)
+    lsq = measured.get("lsq")
+    if lsq is None or "fp" not in measured:
+        return {"status": "needs the seed-0 FP run and the pilot", "measured_s_per_epoch": measured}
+    epochs = json.load(open(results)).get("pilot", {}).get("qat_epochs", MIN_QAT_EPOCHS)
+
+    def epoch_cost(label):
+        return measured.get(label, lsq * step_ratio_vs_lsq.get(label, 1.0))
+
+    fp_epochs, dnq = config_epochs("fp"), measured.get("dnq", measured["fp"] * 1.3)
+    per_seed = {
+        "fp": fp_epochs * measured["fp"],
+        "dnq": len(DNQ_TARGETS) * fp_epochs * dnq,
+        "qat": sum(epochs * epoch_cost(label) for runs in GRID.values() for label, _, _ in runs),
+        "ptq": 3 * len(PTQ_OBSERVERS) * len(CALIBRATION_DRAWS) * (sum(ptq) / len(ptq) if ptq else 60.0),
+    }
+    tuning = sum(epochs * epoch_cost(m) * len(o) for (m, _), (_, o) in TUNED_FIELDS.items() if m != "dnq")
+    tuning += fp_epochs * dnq
+    total = SEEDS * sum(per_seed.values()) + tuning
+    return {
+        "measured_s_per_epoch": measured,
+        "qat_epochs": epochs,
+        "per_seed_s": per_seed,
+        "tuning_s": tuning,
+        "total_h": total / 3600,
+        "note": "wall-clock on this machine, traces and evaluations included in the measured runs",
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study-dir", default=os.path.join(REPO, "runs", "study", STUDY))
+    parser.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", f"{STUDY}.json"))
+    parser.add_argument("--max-runs", type=int, default=None, help="train at most this many runs")
+    parser.add_argument("--measure-cost", action="store_true", help="project the grid from the runs so far")
+    args = parser.parse_args(argv)
+    if args.measure_cost:
+        if not os.path.exists(args.results):
+            print(f"study_v2: error: {args.results} does not exist: run the pilot first", file=sys.stderr)
+            return 2
+        print(json.dumps(measure_cost(args.results), indent=2))
+        return 0
+    command = "python benchmarks/study_v2.py " + shlex.join(argv)
+    state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs)
+    print(f"[study_v2] stopped at stage {state['stage']!r}; results: {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
