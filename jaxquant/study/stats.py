@@ -78,3 +78,84 @@ def verdict(interval: Interval, direction: int, min_effect: float) -> str:
     if high < min_effect:
         return NOT_REPRODUCED
     return INCONCLUSIVE
+
+
+def paired_one_sided_p(differences: Sequence[float], margin: float, alternative: str) -> float | None:
+    """One-sided paired t-test of ``H0: Δ ≤ margin`` (``alternative='greater'``) or
+    ``H0: Δ ≥ margin`` (``'less'``) on the differences ``dᵢ``:
+    ``t = (d̄ − margin) / (s_d/√n)`` with ``n − 1`` degrees of freedom, ``p = 1 − F(t)``
+    (greater) or ``F(t)`` (less). ``None`` for fewer than 2 differences; with ``s_d = 0`` the
+    p-value is 0 or 1 by the side of ``d̄``."""
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative={alternative!r} is not allowed: choose one of ['greater', 'less']")
+    mean, std = mean_std(list(differences))
+    if std is None:
+        return None
+    n = len(differences)
+    if std == 0:
+        above = mean > margin
+        return 0.0 if above == (alternative == "greater") and mean != margin else 1.0
+    t = (mean - margin) / (std / math.sqrt(n))
+    cdf = float(scipy_stats.t.cdf(t, n - 1))
+    return 1.0 - cdf if alternative == "greater" else cdf
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family's p-values: with the m available p-values
+    sorted ``p₍₁₎ ≤ … ≤ p₍ₘ₎``, ``p̃₍ᵢ₎ = min(1, max_{j ≤ i} (m − j + 1)·p₍ⱼ₎)``; rejecting
+    where ``p̃ < α`` keeps the familywise error at α. ``None`` entries (no test) stay ``None``
+    and do not count in m."""
+    available = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(available)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(available):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimTest:
+    """One claim's paired differences oriented so that the claim says ``Δ > 0``, its 95 %
+    interval and the two one-sided p-values of docs/study_protocol.md §6."""
+
+    interval: Interval
+    p_superiority: float | None  # H0: Δ ≤ 0
+    p_non_reproduction: float | None  # H0: Δ ≥ δ
+
+
+def claim_test(values: Sequence[float], baseline: Sequence[float], direction: int, delta: float) -> ClaimTest:
+    """The :class:`ClaimTest` of ``values`` against ``baseline`` (paired by position) for a
+    claim of sign ``direction``: the differences are ``direction·(valuesᵢ − baselineᵢ)``."""
+    if direction not in (1, -1):
+        raise ValueError(f"direction={direction!r} is not allowed: choose one of [1, -1]")
+    oriented = [direction * v for v in values]
+    oriented_baseline = [direction * b for b in baseline]
+    interval = paired_t_interval(oriented, oriented_baseline)
+    differences = [v - b for v, b in zip(oriented, oriented_baseline, strict=True)]
+    return ClaimTest(
+        interval,
+        paired_one_sided_p(differences, 0.0, "greater"),
+        paired_one_sided_p(differences, delta, "less"),
+    )
+
+
+REPRODUCED_BELOW_DELTA = "reproduced (effect below δ)"
+
+
+def family_verdicts(tests: Sequence[ClaimTest], alpha: float = 0.05) -> list[str]:
+    """Holm-corrected verdicts of one family: *reproduced* where the adjusted superiority
+    p < α (*reproduced (effect below δ)* where the adjusted non-reproduction p is also < α),
+    *not reproduced* where only the adjusted non-reproduction p < α, else *inconclusive*."""
+    superiority = holm_adjust([t.p_superiority for t in tests])
+    non_reproduction = holm_adjust([t.p_non_reproduction for t in tests])
+    verdicts = []
+    for sup, non in zip(superiority, non_reproduction, strict=True):
+        rejects_zero = sup is not None and sup < alpha
+        rejects_delta = non is not None and non < alpha
+        if rejects_zero:
+            verdicts.append(REPRODUCED_BELOW_DELTA if rejects_delta else REPRODUCED)
+        else:
+            verdicts.append(NOT_REPRODUCED if rejects_delta else INCONCLUSIVE)
+    return verdicts

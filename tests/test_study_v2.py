@@ -1,0 +1,117 @@
+"""Study v2's runner (benchmarks/study_v2.py) against its protocol (docs/study_protocol.md):
+the constants, the QAT-length and tuning rules, and the grid's structure."""
+
+import collections
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import study_v2  # noqa: E402
+
+from jaxquant.study.runs import config_hash  # noqa: E402
+
+with open(os.path.join(REPO, "docs", "study_protocol.md")) as f:
+    PROTOCOL = f.read()
+
+
+def test_the_runner_s_constants_are_the_protocol_s():
+    seeds = ", ".join(str(s) for s in range(study_v2.SEEDS))
+    assert f"**Seeds**: {seeds}" in PROTOCOL
+    assert f"`data.validation_images = {study_v2.VALIDATION_IMAGES}`" in PROTOCOL
+    assert f"{study_v2.PILOT_EPOCHS} epochs" in PROTOCOL and f"smallest e ≥ {study_v2.MIN_QAT_EPOCHS}" in PROTOCOL
+    assert f"within {study_v2.PLATEAU_TOLERANCE * 100:.1f} points" in PROTOCOL
+    assert f"batch of {study_v2.TRACE.batch_size} training images" in PROTOCOL
+    assert f"same {study_v2.TRACE.num_probes}" in " ".join(PROTOCOL.split())
+    for (method, field), (default, others) in study_v2.TUNED_FIELDS.items():
+        values = ", ".join([f"{default} (default)", *(str(v) for v in others)])
+        assert f"`{field}` ∈ {{{values}}}" in PROTOCOL, (method, field)
+    for observer in study_v2.PTQ_OBSERVERS:
+        assert f"`{observer}`" in PROTOCOL
+    assert "draws 0, 1, 2" in PROTOCOL and study_v2.CALIBRATION_DRAWS == (0, 1, 2)
+    assert study_v2.GRID.keys() == {(4, 4), (2, 4), (2, 2)}
+    assert [label for label, _, _ in study_v2.GRID[(2, 2)]] == ["lsq", "fpq", "cr", "mec", "kd"]
+
+
+@pytest.mark.parametrize(
+    ("curve", "epochs"),
+    [
+        ([(1, 0.70), (2, 0.78), (3, 0.80), (4, 0.81), (5, 0.812), (6, 0.813)], 4),
+        ([(1, 0.70), (2, 0.80), (3, 0.811), (4, 0.81), (5, 0.812), (6, 0.812)], 3),
+        ([(1, 0.60), (2, 0.70), (3, 0.75), (4, 0.78), (5, 0.80), (6, 0.85)], 6),
+    ],
+)
+def test_qat_length_is_the_first_epoch_on_the_plateau(curve, epochs):
+    assert study_v2.qat_length(curve) == epochs
+
+
+def test_a_candidate_replaces_the_default_only_by_more_than_the_tie_tolerance():
+    assert study_v2.choose(1.0, {1.0: 0.80, 0.1: 0.8005, 0.01: 0.79}) == 1.0
+    assert study_v2.choose(1.0, {1.0: 0.80, 0.1: 0.802, 0.01: 0.79}) == 0.1
+
+
+def tuning_records(scores):
+    records = {}
+    for (method, field), values in scores.items():
+        for value, score in values.items():
+            run_id = study_v2.candidate_id(method, field, value)
+            if method == "dnq":
+                records[run_id + "/ptq_minmax_draw0"] = {
+                    "status": "ok",
+                    "kind": "ptq",
+                    "ptq": {"validation_accuracy_by_bits": {"4": score}},
+                }
+            else:
+                records[run_id] = {"status": "ok", "kind": "train", "validation_accuracy": score}
+    return records
+
+
+def test_choices_come_from_the_tuning_records_and_wait_for_every_candidate():
+    scores = {
+        ("fpq", "csd_weight"): {1.0: 0.80, 0.1: 0.83, 0.01: 0.82},
+        ("cr", "ema_horizon_fraction"): {0.1: 0.80, 0.3: 0.79},
+        ("mec", "beta"): {1.0: 0.80, 10.0: 0.8005},
+        ("dnq", "noise_scale"): {1.0: 0.70, 0.5: 0.75},
+    }
+    records = tuning_records(scores)
+    chosen, _ = study_v2.choices_from(records)
+    assert chosen == {
+        ("fpq", "csd_weight"): 0.1,
+        ("cr", "ema_horizon_fraction"): 0.1,
+        ("mec", "beta"): 1.0,
+        ("dnq", "noise_scale"): 0.5,
+    }
+    del records[study_v2.candidate_id("mec", "beta", 10.0)]
+    assert study_v2.choices_from(records)[0] is None
+
+
+def test_the_grid_pairs_every_method_with_its_baseline_and_reuses_the_chosen_candidates():
+    chosen = {("fpq", "csd_weight"): 0.1, ("cr", "ema_horizon_fraction"): 0.1, ("mec", "beta"): 1.0}
+    chosen[("dnq", "noise_scale")] = 0.5
+    pilot, tuning = study_v2.pilot_stage(), study_v2.tuning_stage(3)
+    grid = study_v2.grid_stage(3, chosen)
+    specs = study_v2.merge(pilot, tuning, grid)
+    by_id = {spec.run_id: spec for spec in specs}
+    # the seed-0 grid runs at the tuning bits are the chosen candidates' runs: nothing trains twice
+    assert by_id[study_v2.candidate_id("fpq", "csd_weight", 0.1)].labels["group"] == "qat"
+    assert by_id[study_v2.candidate_id("fpq", "csd_weight", 1.0)].labels["group"] == "tuning"
+    assert by_id[study_v2.candidate_id("dnq", "noise_scale", 0.5)].labels["group"] == "fp"
+    hashes = collections.Counter(config_hash(s.config, s.parent) for s in specs)
+    assert max(hashes.values()) == 1
+    qat = [s for s in specs if s.kind == "train" and s.labels["group"] == "qat"]
+    cells = collections.Counter((s.labels["method"], s.labels["bits"]) for s in qat)
+    assert set(cells.values()) == {study_v2.SEEDS} and len(cells) == 13
+    for spec in qat:  # same budget for every method, from its seed's FP run
+        assert spec.config.train.num_epochs == 3 and spec.config.optim.learning_rate == 0.01
+        assert spec.parent == f"seed{spec.labels['seed']}/fp"
+        assert spec.config.data.validation_images == study_v2.VALIDATION_IMAGES
+        if spec.config.method.name == "fpq":
+            assert spec.config.method.csd_weight == (0.0 if spec.labels["method"] == "fpq_sfp_only" else 0.1)
+    ptq = [s for s in specs if s.kind == "ptq" and s.labels["group"] == "ptq"]
+    assert len(ptq) == study_v2.SEEDS * 3 * 2 * 3
+    dnq = [s for s in specs if s.kind == "train" and s.config.method.name == "dnq" and s.labels["group"] == "fp"]
+    assert sorted(s.config.method.target_bits for s in dnq) == [3] * 5 + [4] * 5
+    assert {s.config.method.noise_scale for s in dnq} == {0.5}
