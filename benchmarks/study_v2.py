@@ -104,7 +104,7 @@ def fp_spec(seed: int, method: str = "fp", fields: dict | None = None, run_id: s
     config.method.update(fields or {})
     labels = dict(seed=seed, group=group, method=method, bits="FP", w_bits=None, a_bits=None)
     labels.update(target_bits=(fields or {}).get("target_bits"))
-    return RunSpec(run_id or f"seed{seed}/{method}", "train", config, labels, trace=True)
+    return RunSpec(run_id or f"seed{seed}/{method}", "train", config, labels, flatness=True)
 
 
 def config_epochs(method: str) -> float:
@@ -120,7 +120,7 @@ def qat_spec(seed, bits, label, method, fields, epochs, group="qat", run_id=""):
     labels = dict(
         seed=seed, group=group, method=label, bits=bits_label(*bits), w_bits=bits[0], a_bits=bits[1]
     )
-    spec = RunSpec(run_id, "train", config, labels, parent=f"seed{seed}/fp", trace=True)
+    spec = RunSpec(run_id, "train", config, labels, parent=f"seed{seed}/fp", flatness=True)
     spec.trajectory = label in TRAJECTORY_METHODS and tuple(bits) == TRAJECTORY_BITS
     return spec
 

@@ -5,6 +5,7 @@ import collections
 import os
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,10 @@ def test_the_runner_s_constants_are_the_protocol_s():
     seeds = ", ".join(str(s) for s in range(study_v2.SEEDS))
     assert f"**Seeds**: {seeds}" in PROTOCOL
     assert f"`data.validation_images = {study_v2.VALIDATION_IMAGES}`" in PROTOCOL
-    assert f"{study_v2.PILOT_EPOCHS} epochs" in PROTOCOL and f"smallest e ≥ {study_v2.MIN_QAT_EPOCHS}" in PROTOCOL
+    assert (
+        f"{study_v2.PILOT_EPOCHS} epochs" in PROTOCOL
+        and f"smallest e ≥ {study_v2.MIN_QAT_EPOCHS}" in PROTOCOL
+    )
     assert f"within {study_v2.PLATEAU_TOLERANCE * 100:.1f} points" in PROTOCOL
     assert f"batch of {study_v2.TRACE.batch_size} training images" in PROTOCOL
     assert f"same {study_v2.TRACE.num_probes}" in " ".join(PROTOCOL.split())
@@ -112,6 +116,35 @@ def test_the_grid_pairs_every_method_with_its_baseline_and_reuses_the_chosen_can
             assert spec.config.method.csd_weight == (0.0 if spec.labels["method"] == "fpq_sfp_only" else 0.1)
     ptq = [s for s in specs if s.kind == "ptq" and s.labels["group"] == "ptq"]
     assert len(ptq) == study_v2.SEEDS * 3 * 2 * 3
-    dnq = [s for s in specs if s.kind == "train" and s.config.method.name == "dnq" and s.labels["group"] == "fp"]
+    dnq = [
+        s for s in specs if s.kind == "train" and s.config.method.name == "dnq" and s.labels["group"] == "fp"
+    ]
     assert sorted(s.config.method.target_bits for s in dnq) == [3] * 5 + [4] * 5
     assert {s.config.method.noise_scale for s in dnq} == {0.5}
+
+
+def test_the_flatness_record_has_per_layer_traces_beside_kernel_norms(fp_digits_run):
+    from flax import traverse_util
+
+    from jaxquant.study.runs import FinishedRun, TraceSettings, checkpoint_flatness
+    from jaxquant.train.setup import load_run
+
+    loaded = load_run(fp_digits_run)
+    settings = TraceSettings(batch_size=32, num_probes=4, seed=0, eigen_iterations=8)
+    record = checkpoint_flatness(FinishedRun(loaded.config, fp_digits_run), settings)
+    assert record["status"] == "ok" and record["num_probes"] == 4 and record["batch_size"] == 32
+    assert sum(layer["trace"] for layer in record["layers"].values()) == pytest.approx(
+        record["value"], rel=1e-4
+    )
+    kernels = {
+        path.rsplit("/", 1)[0]: leaf
+        for path, leaf in traverse_util.flatten_dict(loaded.params, sep="/").items()
+        if path.endswith("kernel")
+    }
+    with_norms = {name: layer for name, layer in record["layers"].items() if "kernel_norm_sq" in layer}
+    assert len(with_norms) == len(kernels) >= 3
+    for name, layer in with_norms.items():
+        kernel = np.asarray(kernels[name], np.float64)
+        assert layer["kernel_norm_sq"] == pytest.approx(float(np.sum(kernel**2)), rel=1e-9)
+        assert layer["trace_times_norm_sq"] == pytest.approx(layer["trace"] * layer["kernel_norm_sq"])
+    assert record["top_eigenvalue"] > 0 and record["lanczos_iterations"] == 8

@@ -8,7 +8,8 @@ changed interface is a one-function edit. A reader of a run's output returns ``{
   ``default_config()`` (its block with every field at its default);
 * PTQ: ``config.mode = "ptq"``, ``config.ptq.bits = "8,6,4,3"``, the FP run in
   ``config.init_from``, a JSON report ``<workdir>/ptq_report.json``;
-* Hessian trace: ``jaxquant.curvature.model_objective`` and ``hutchinson_trace``;
+* Hessian trace: ``jaxquant.curvature.model_objective`` and ``hutchinson_trace`` (with its
+  per-layer traces), the top eigenvalue: ``top_eigenvalues``;
 * trace trajectory: ``config.curvature.every_steps`` / ``num_probes`` and records of kind
   ``"curvature"`` with a ``"trace"`` value in ``<workdir>/metrics.jsonl``.
 """
@@ -21,6 +22,8 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from flax import traverse_util
 
 from jaxquant import curvature
 from jaxquant.methods import get_method
@@ -112,6 +115,54 @@ def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num
         "value": float(estimate.trace),
         "stderr": float(estimate.stderr),
         "num_probes": int(estimate.num_probes),
+    }
+
+
+def kernel_norms(params) -> dict[str, float]:
+    """``‖W_l‖²`` (squared Frobenius norm) of every layer's ``kernel``, by layer name."""
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    return {
+        curvature.layer_name(path): float(np.sum(np.square(np.asarray(leaf, np.float64))))
+        for path, leaf in flat.items()
+        if path.endswith("kernel")
+    }
+
+
+def hessian_flatness(
+    model,
+    variables: dict[str, Any],
+    batches: dict[str, Any],
+    num_probes: int,
+    seed: int,
+    eigen_iterations: int,
+) -> dict[str, Any]:
+    """The flatness record of one checkpoint: :func:`hessian_trace`'s fields, per layer the
+    trace ``tr_l`` ± stderr (same probes), ``‖W_l‖²`` and the scale-invariant
+    ``tr_l·‖W_l‖²`` (for a loss invariant to the kernel's scale, ``L(αW) = L(W)``, the
+    Hessian block scales as ``H(αW) = H(W)/α²``), and the top Hessian eigenvalue from
+    ``eigen_iterations`` Lanczos steps. Expects ``top_eigenvalues(loss_fn, params, data,
+    key, k=, num_iterations=)`` returning ``values`` and ``residuals``."""
+    tools = curvature_tools()
+    loss_fn, params, data = tools.model_objective(model, variables, batches)
+    key = jax.random.PRNGKey(seed)
+    estimate = tools.hutchinson_trace(loss_fn, params, data, key, num_probes=num_probes, log=None)
+    norms = kernel_norms(variables["params"])
+    layers = {}
+    for name, trace in estimate.layer_traces.items():
+        layer = {"trace": float(trace), "stderr": float(estimate.layer_stderr[name])}
+        if name in norms:
+            layer.update(kernel_norm_sq=norms[name], trace_times_norm_sq=float(trace) * norms[name])
+        layers[name] = layer
+    eigen = tools.top_eigenvalues(loss_fn, params, data, key, k=1, num_iterations=eigen_iterations)
+    return {
+        "status": OK,
+        "value": float(estimate.trace),
+        "stderr": float(estimate.stderr),
+        "num_probes": int(estimate.num_probes),
+        "layers": layers,
+        "top_eigenvalue": float(eigen.values[0]),
+        "top_eigenvalue_residual": float(eigen.residuals[0]),
+        "lanczos_iterations": int(eigen_iterations),
     }
 
 

@@ -51,6 +51,9 @@ class RunSpec:
     ptq_bits: tuple[int, ...] = ()
     # QAT: record the accuracy before the first step, of an EMA teacher, and after BN re-estimation
     qat_analyses: bool = False
+    # the flatness record of the final checkpoint: trace, per-layer traces and kernel norms,
+    # top eigenvalue (:func:`checkpoint_flatness`)
+    flatness: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,7 @@ class TraceSettings:
     seed: int = 0
     every_steps: int = 100
     trajectory_probes: int = 10
+    eigen_iterations: int = 20  # the flatness record's top eigenvalue (Lanczos steps)
 
 
 def config_hash(config: ml_collections.ConfigDict, parent_hash: str | None = None) -> str:
@@ -154,6 +158,25 @@ def checkpoint_trace(finished: FinishedRun, settings: TraceSettings) -> dict:
     start = time.time()
     result = adapters.hessian_trace(
         finished.run.ctx.model, variables, batches, settings.num_probes, settings.seed
+    )
+    return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
+
+
+def checkpoint_flatness(finished: FinishedRun, settings: TraceSettings) -> dict:
+    """The flatness record (:func:`~jaxquant.study.adapters.hessian_flatness`) of the run's
+    final checkpoint on the fixed probe batch, with the same probes for every run."""
+    saved = finished.saved
+    variables = {"params": saved["params"], **saved.get("model_state", {})}
+    batch = probe_batch(finished.run.train_split, settings.batch_size, settings.seed)
+    batches = {key: value[None] for key, value in batch.items()}
+    start = time.time()
+    result = adapters.hessian_flatness(
+        finished.run.ctx.model,
+        variables,
+        batches,
+        settings.num_probes,
+        settings.seed,
+        settings.eigen_iterations,
     )
     return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
 
@@ -362,6 +385,8 @@ class Study:
         measures = []
         if spec.trace:
             measures.append(("trace", lambda: checkpoint_trace(finished, self.trace_settings)))
+        if spec.flatness:
+            measures.append(("flatness", lambda: checkpoint_flatness(finished, self.trace_settings)))
         if spec.qat_analyses:
             measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(finished)))
             measures.append(("start", lambda: start_and_teacher_accuracy(finished)))
