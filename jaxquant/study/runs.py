@@ -149,26 +149,29 @@ class FinishedRun:
         return float(result["accuracy"])
 
 
-def checkpoint_trace(finished: FinishedRun, settings: TraceSettings) -> dict:
-    """The Hessian trace of the run's final checkpoint on the fixed probe batch."""
+def probe_inputs(finished: FinishedRun, settings: TraceSettings) -> tuple[dict, dict]:
+    """``(variables, batches)`` of the run's final checkpoint and the fixed probe batch (with a
+    leading batch-group axis), the inputs of every curvature record."""
     saved = finished.saved
     variables = {"params": saved["params"], **saved.get("model_state", {})}
     batch = probe_batch(finished.run.train_split, settings.batch_size, settings.seed)
-    batches = {key: value[None] for key, value in batch.items()}
+    return variables, {key: value[None] for key, value in batch.items()}
+
+
+def checkpoint_trace(finished: FinishedRun, settings: TraceSettings) -> dict:
+    """The Hessian trace of the run's final checkpoint on the fixed probe batch."""
+    variables, batches = probe_inputs(finished, settings)
     start = time.time()
     result = adapters.hessian_trace(
         finished.run.ctx.model, variables, batches, settings.num_probes, settings.seed
     )
-    return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
+    return {**result, "batch_size": int(len(batches["label"][0])), "wall_time_s": time.time() - start}
 
 
 def checkpoint_flatness(finished: FinishedRun, settings: TraceSettings) -> dict:
     """The flatness record (:func:`~jaxquant.study.adapters.hessian_flatness`) of the run's
     final checkpoint on the fixed probe batch, with the same probes for every run."""
-    saved = finished.saved
-    variables = {"params": saved["params"], **saved.get("model_state", {})}
-    batch = probe_batch(finished.run.train_split, settings.batch_size, settings.seed)
-    batches = {key: value[None] for key, value in batch.items()}
+    variables, batches = probe_inputs(finished, settings)
     start = time.time()
     result = adapters.hessian_flatness(
         finished.run.ctx.model,
@@ -178,7 +181,7 @@ def checkpoint_flatness(finished: FinishedRun, settings: TraceSettings) -> dict:
         settings.seed,
         settings.eigen_iterations,
     )
-    return {**result, "batch_size": int(len(batch["label"])), "wall_time_s": time.time() - start}
+    return {**result, "batch_size": int(len(batches["label"][0])), "wall_time_s": time.time() - start}
 
 
 def start_and_teacher_accuracy(finished: FinishedRun) -> dict:
