@@ -30,7 +30,9 @@ import sys
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO]
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+
+from report.study_v2 import write_v2_report  # noqa: E402
 
 from configs.common import fashion_cnn6  # noqa: E402
 from jaxquant.study.adapters import OK  # noqa: E402
@@ -381,6 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", f"{STUDY}.json"))
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many runs")
     parser.add_argument("--measure-cost", action="store_true", help="project the grid from the runs so far")
+    parser.add_argument("--report-only", action="store_true", help="only regenerate the report from the JSON")
+    parser.add_argument("--report", default=os.path.join(REPO, "docs", "results_v2.md"))
+    parser.add_argument("--figures", default=os.path.join(REPO, "docs", "figures"))
     args = parser.parse_args(argv)
     if args.measure_cost:
         if not os.path.exists(args.results):
@@ -388,9 +393,16 @@ def main(argv=None) -> int:
             return 2
         print(json.dumps(measure_cost(args.results), indent=2))
         return 0
-    command = "python benchmarks/study_v2.py " + shlex.join(argv)
-    state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs)
-    print(f"[study_v2] stopped at stage {state['stage']!r}; results: {args.results}")
+    if not args.report_only:
+        command = "python benchmarks/study_v2.py " + shlex.join(argv)
+        state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs)
+        print(f"[study_v2] stopped at stage {state['stage']!r}; results: {args.results}")
+    elif not os.path.exists(args.results):
+        print(f"study_v2: error: {args.results} does not exist: run the study first", file=sys.stderr)
+        return 2
+    with open(args.results) as f:
+        write_v2_report(json.load(f), args.report, args.figures)
+    print(f"[study_v2] report: {args.report}")
     return 0
 
 

@@ -185,3 +185,15 @@ def read_trace_trajectory(workdir: str) -> dict[str, Any]:
         return unavailable(f"no '{CURVATURE_KIND}' records with a 'trace' in {workdir}/metrics.jsonl")
     steps = sorted(by_step)
     return {"status": OK, "steps": steps, "values": [by_step[s] for s in steps]}
+
+
+def read_loss_term_ratios(workdir: str) -> dict[str, Any]:
+    """``{"status": "ok", "mean_grad_ratio": {term: mean}}``: the mean over the logged training
+    steps of every ``grad_ratio_<term>`` (``‖∇ term‖ / ‖∇ CE‖``) in ``<workdir>/metrics.jsonl``."""
+    values: dict[str, list[float]] = {}
+    for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
+        if record.get("kind") == "train":
+            for key, value in record.items():
+                if key.startswith("grad_ratio_"):
+                    values.setdefault(key.removeprefix("grad_ratio_"), []).append(float(value))
+    return {"status": OK, "mean_grad_ratio": {term: sum(v) / len(v) for term, v in values.items()}}

@@ -401,6 +401,8 @@ class Study:
             except Exception as error:  # noqa: BLE001 - retried on the next call; training is kept
                 traceback.print_exc()
                 record[key] = {"status": FAILED, "message": error_line(error)}
+        if spec.kind == "train" and "loss_terms" not in record:
+            record["loss_terms"] = adapters.read_loss_term_ratios(workdir)
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
         write_json(os.path.join(workdir, RESULT_FILE), record)

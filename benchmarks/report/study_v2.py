@@ -1,0 +1,441 @@
+"""The report of study v2 (docs/study_protocol.md), generated only from its results JSON.
+
+``write_v2_report(results, md_path, figure_dir)`` writes the markdown and its figures; every
+number comes from the records of ``benchmarks/study_v2.py``. Statistics are those of the
+protocol's §6 (:func:`jaxquant.study.stats.claim_test`, :func:`~jaxquant.study.stats.family_verdicts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from jaxquant.study import stats  # noqa: E402
+
+OK = "ok"
+ACCURACY_DELTA = 0.005  # 0.5 points
+TRACE_DELTA = math.log(1 / 0.9)  # a 10 % change of the trace
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimV2:
+    """One row of the protocol's §1: ``method`` vs ``baseline`` on ``metric`` at ``bits``.
+
+    ``metric``: ``accuracy`` (QAT test accuracy), ``log_trace`` (ln of the final trace),
+    ``ptq@<b>`` (minmax PTQ test accuracy at WbAb, mean over calibration draws). A method or
+    baseline ``dnq_t<b>`` is the DNQ network trained for target b; ``fp`` the plain FP network."""
+
+    id: str
+    family: str
+    text: str
+    metric: str
+    method: str
+    baseline: str
+    bits: str
+    direction: int
+    paper: str
+
+    @property
+    def delta(self) -> float:
+        return TRACE_DELTA if self.metric == "log_trace" else ACCURACY_DELTA
+
+
+CLAIMS_V2 = (
+    ClaimV2("1a", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A4", 1, "+1.56 (88.36 → 89.92)"),
+    ClaimV2("1b", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A2", 1, "+0.51 (87.60 → 88.11)"),
+    ClaimV2(
+        "1c",
+        "F1 FPQ",
+        "FPQ's trace is lower",
+        "log_trace",
+        "fpq",
+        "lsq",
+        "W2A4",
+        -1,
+        "clearly lower (Fig. 5)",
+    ),
+    ClaimV2(
+        "1d",
+        "F1 FPQ",
+        "FPQ's trace is lower",
+        "log_trace",
+        "fpq",
+        "lsq",
+        "W2A2",
+        -1,
+        "clearly lower (Fig. 5)",
+    ),
+    ClaimV2("2a", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A4", 1, "+3.79 (bits not stated)"),
+    ClaimV2("2b", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A2", 1, "+3.79 (bits not stated)"),
+    ClaimV2(
+        "3a", "F3 MEC", "MEC-Quant beats LSQ", "accuracy", "mec", "lsq", "W2A2", 1, "reaches FP (no numbers)"
+    ),
+    ClaimV2(
+        "4a", "F4 DNQ", "DNQ gives better PTQ", "ptq@4", "dnq_t4", "fp", "W4A4", 1, "better PTQ (no numbers)"
+    ),
+    ClaimV2(
+        "4b", "F4 DNQ", "DNQ gives better PTQ", "ptq@3", "dnq_t3", "fp", "W3A3", 1, "better PTQ (no numbers)"
+    ),
+    ClaimV2("4c", "F4 DNQ", "DNQ's trace is lower", "log_trace", "dnq_t4", "fp", "FP", -1, "flat minimum"),
+    ClaimV2("4d", "F4 DNQ", "DNQ's trace is lower", "log_trace", "dnq_t3", "fp", "FP", -1, "flat minimum"),
+)
+
+
+def network_label(record: dict[str, Any]) -> str:
+    """``fp``, ``dnq_t<b>`` of an FP-recipe run (or of the network a PTQ record quantized)."""
+    method = record.get("source") or record.get("method")
+    return f"dnq_t{record['target_bits']}" if method == "dnq" else method
+
+
+def grid_records(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished records of the grid (not the pilot's nor the other tuning candidates')."""
+    return [
+        r for r in results.get("runs", []) if r.get("status") == OK and r.get("group") in ("qat", "fp", "ptq")
+    ]
+
+
+def flatness_value(record: dict[str, Any]) -> float | None:
+    flatness = record.get("flatness") or {}
+    return flatness.get("value") if flatness.get("status") == OK else None
+
+
+def values_by_seed(records, metric: str, label: str, bits: str, observer: str = "minmax") -> dict[int, float]:
+    """``{seed: value}`` of ``label`` at ``bits`` on ``metric`` (see :class:`ClaimV2`)."""
+    out: dict[int, float] = {}
+    if metric.startswith("ptq@"):
+        width = metric.removeprefix("ptq@")
+        draws: dict[int, list[float]] = defaultdict(list)
+        for r in records:
+            if r["kind"] == "ptq" and network_label(r) == label and r.get("observer") == observer:
+                accuracy = (r.get("ptq") or {}).get("accuracy_by_bits", {}).get(width)
+                if accuracy is not None:
+                    draws[r["seed"]].append(accuracy)
+        return {seed: sum(v) / len(v) for seed, v in draws.items()}
+    for r in records:
+        if r["kind"] != "train":
+            continue
+        name = network_label(r) if r["group"] == "fp" else r["method"]
+        if name != label or r["bits"] != bits:
+            continue
+        if metric == "accuracy":
+            out[r["seed"]] = r["accuracy"]
+        elif metric == "log_trace":
+            value = flatness_value(r)
+            if value is not None and value > 0:
+                out[r["seed"]] = math.log(value)
+    return out
+
+
+@dataclasses.dataclass
+class ClaimOutcome:
+    claim: ClaimV2
+    seeds: list[int]
+    method_values: list[float]
+    baseline_values: list[float]
+    test: stats.ClaimTest | None
+    verdict: str = stats.INCONCLUSIVE
+    holm_superiority: float | None = None
+    holm_non_reproduction: float | None = None
+
+
+def evaluate_claims(records) -> list[ClaimOutcome]:
+    """Every claim's paired values, test, Holm-adjusted p-values and verdict (per family)."""
+    outcomes = []
+    for claim in CLAIMS_V2:
+        method = values_by_seed(records, claim.metric, claim.method, claim.bits)
+        baseline = values_by_seed(records, claim.metric, claim.baseline, claim.bits)
+        seeds = sorted(set(method) & set(baseline))
+        a, b = [method[s] for s in seeds], [baseline[s] for s in seeds]
+        test = stats.claim_test(a, b, claim.direction, claim.delta) if seeds else None
+        outcomes.append(ClaimOutcome(claim, seeds, a, b, test))
+    families = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.test is not None:
+            families[outcome.claim.family].append(outcome)
+    for members in families.values():
+        tests = [m.test for m in members]
+        verdicts = stats.family_verdicts(tests)
+        superiority = stats.holm_adjust([t.p_superiority for t in tests])
+        non_reproduction = stats.holm_adjust([t.p_non_reproduction for t in tests])
+        for member, verdict, sup, non in zip(members, verdicts, superiority, non_reproduction, strict=True):
+            member.verdict, member.holm_superiority, member.holm_non_reproduction = verdict, sup, non
+    return outcomes
+
+
+def scale(metric: str) -> tuple[float, str]:
+    """Multiplier and unit of a metric's numbers in the report (accuracy in points)."""
+    return (1.0, "") if metric == "log_trace" else (100.0, " pt")
+
+
+def p_text(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
+def claims_table(outcomes: list[ClaimOutcome]) -> str:
+    lines = [
+        "| claim | family | bits | per-seed method − baseline | mean [95 % CI] | p_sup (Holm) | "
+        "p_non (Holm) | verdict | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        factor, unit = scale(o.claim.metric)
+        if o.test is None:
+            name = f"{o.claim.id} {o.claim.text}"
+            row = [name, o.claim.family, o.claim.bits, "no paired runs yet", "–", "–", "–"]
+            lines.append("| " + " | ".join([*row, f"{stats.INCONCLUSIVE} (n=0)", o.claim.paper]) + " |")
+            continue
+        diffs = ", ".join(
+            f"{factor * (a - b):+.2f}" for a, b in zip(o.method_values, o.baseline_values, strict=True)
+        )
+        interval = o.test.interval
+        # the test's interval is oriented (claim direction); report it in the metric's own sign
+        sign = o.claim.direction
+        mean = sign * interval.mean * factor
+        if interval.low is None:
+            ci = f"{mean:+.2f}{unit}"
+        else:
+            low, high = sorted((sign * interval.low * factor, sign * interval.high * factor))
+            ci = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{unit}"
+        lines.append(
+            f"| {o.claim.id} {o.claim.text} | {o.claim.family} | {o.claim.bits} | {diffs} | {ci} | "
+            f"{p_text(o.test.p_superiority)} ({p_text(o.holm_superiority)}) | "
+            f"{p_text(o.test.p_non_reproduction)} ({p_text(o.holm_non_reproduction)}) | "
+            f"{o.verdict} (n={len(o.seeds)}) | {o.claim.paper} |"
+        )
+    return "\n".join(lines)
+
+
+def mean_std_text(values: list[float], factor: float = 100.0) -> str:
+    if not values:
+        return "–"
+    mean, std = stats.mean_std([factor * v for v in values])
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def accuracy_table(records) -> str:
+    """QAT test accuracy per method and bit setting: mean ± std and the per-seed values."""
+    cells = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "train" and r["group"] == "qat":
+            cells[(r["method"], r["bits"])][r["seed"]] = r["accuracy"]
+    lines = ["| bits | method | test accuracy % (mean ± std) | per seed | n |", "|---|---|---|---|---|"]
+    for (method, bits), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        seeds = sorted(by_seed)
+        per_seed = ", ".join(f"{100 * by_seed[s]:.2f}" for s in seeds)
+        summary = mean_std_text([by_seed[s] for s in seeds])
+        lines.append(f"| {bits} | {method} | {summary} | {per_seed} | {len(seeds)} |")
+    return "\n".join(lines)
+
+
+def ptq_table(records, widths=("8", "6", "4", "3")) -> str:
+    """PTQ test accuracy per network, observer and width: mean ± std over seeds of the
+    per-seed mean over calibration draws."""
+    networks = sorted({network_label(r) for r in records if r["kind"] == "ptq"})
+    observers = sorted({r.get("observer") for r in records if r["kind"] == "ptq"})
+    lines = [
+        "| network | observer | " + " | ".join(f"W{w}A{w}" for w in widths) + " |",
+        "|---|---|" + "---|" * len(widths),
+    ]
+    for network in networks:
+        for observer in observers:
+            cells = [
+                mean_std_text(list(values_by_seed(records, f"ptq@{w}", network, "PTQ", observer).values()))
+                for w in widths
+            ]
+            lines.append(f"| {network} | {observer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flatness_table(records) -> str:
+    """Per run group: the final trace (mean ± std over seeds, with the mean probe stderr) and
+    the top eigenvalue."""
+    groups = defaultdict(list)
+    for r in records:
+        if r["kind"] == "train" and flatness_value(r) is not None:
+            label = network_label(r) if r["group"] == "fp" else r["method"]
+            groups[(r["bits"], label)].append(r["flatness"])
+    lines = [
+        "| bits | run | trace (mean ± std) | mean probe stderr | top eigenvalue | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (bits, label), items in sorted(groups.items()):
+        traces = [f["value"] for f in items]
+        stderr = sum(f["stderr"] for f in items) / len(items)
+        eigen = [f["top_eigenvalue"] for f in items if "top_eigenvalue" in f]
+        cells = [bits, label, mean_std_text(traces, 1.0), f"{stderr:.2f}", mean_std_text(eigen, 1.0)]
+        lines.append("| " + " | ".join([*cells, str(len(items))]) + " |")
+    return "\n".join(lines)
+
+
+def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
+    """Per layer at ``bits``: trace, ``‖W‖²`` and ``tr·‖W‖²`` (means over seeds) of ``labels``."""
+    per = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["kind"] == "train" and r["group"] == "qat" and r["bits"] == bits and r["method"] in labels:
+            for layer, values in ((r.get("flatness") or {}).get("layers") or {}).items():
+                if "kernel_norm_sq" in values:
+                    per[layer][r["method"]].append(values)
+    if not per:
+        return "_no per-layer records yet_"
+    header = "| layer | " + " | ".join(f"{m}: tr / ‖W‖² / tr·‖W‖²" for m in labels) + " |"
+    lines = [header, "|---|" + "---|" * len(labels)]
+    for layer in sorted(per):
+        cells = []
+        for method in labels:
+            items = per[layer][method]
+            if not items:
+                cells.append("–")
+                continue
+            mean = {
+                k: sum(i[k] for i in items) / len(items)
+                for k in ("trace", "kernel_norm_sq", "trace_times_norm_sq")
+            }
+            cells.append(
+                f"{mean['trace']:.3g} / {mean['kernel_norm_sq']:.3g} / {mean['trace_times_norm_sq']:.3g}"
+            )
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(results) -> str:
+    """Measured wall-clock per method (training run, its flatness record excluded)."""
+    per = defaultdict(list)
+    for r in results.get("runs", []):
+        if r.get("status") == OK and r.get("wall_time_s") and r["kind"] == "train":
+            per[(r.get("bits"), network_label(r) if r.get("group") == "fp" else r["method"])].append(
+                r["wall_time_s"]
+            )
+    lines = ["| bits | run | wall-clock min (mean) | runs |", "|---|---|---|---|"]
+    for (bits, label), values in sorted(per.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        lines.append(f"| {bits} | {label} | {sum(values) / len(values) / 60:.1f} | {len(values)} |")
+    return "\n".join(lines)
+
+
+def loss_term_table(results) -> str:
+    """Each method's mean gradient-norm ratio of every regulariser to CE over its logged steps."""
+    per = defaultdict(lambda: defaultdict(list))
+    for r in results.get("runs", []):
+        for term, value in ((r.get("loss_terms") or {}).get("mean_grad_ratio") or {}).items():
+            per[(r.get("bits"), r["method"])][term].append(value)
+    if not per:
+        return "_no loss-term records yet_"
+    lines = ["| bits | method | ‖∇ term‖ / ‖∇ CE‖ (mean over runs) |", "|---|---|---|"]
+    for (bits, method), terms in sorted(per.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        text = ", ".join(f"{t} {sum(v) / len(v):.3g}" for t, v in sorted(terms.items()))
+        lines.append(f"| {bits} | {method} | {text} |")
+    return "\n".join(lines)
+
+
+def plot_trajectories(results, path: str, bits: str = "W2A2") -> str | None:
+    """Trace during QAT (mean ± std over seeds at each logged step) per trajectory method."""
+    series = defaultdict(lambda: defaultdict(list))
+    for r in grid_records(results):
+        trajectory = r.get("trajectory") or {}
+        if r.get("bits") == bits and trajectory.get("status") == OK:
+            for step, value in zip(trajectory["steps"], trajectory["values"], strict=True):
+                series[r["method"]][step].append(value)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method, by_step in sorted(series.items()):
+        steps = sorted(by_step)
+        means = [stats.mean_std(by_step[s])[0] for s in steps]
+        stds = [stats.mean_std(by_step[s])[1] or 0.0 for s in steps]
+        ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set(xlabel="QAT step", ylabel="Hessian trace (10 probes)", title=f"Trace during QAT at {bits}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> str:
+    """Write the study v2 report to ``md_path`` (figures under ``figure_dir``); return its text."""
+    records = grid_records(results)
+    outcomes = evaluate_claims(records)
+    os.makedirs(figure_dir, exist_ok=True)
+    trajectory = plot_trajectories(results, os.path.join(figure_dir, "study_v2_trajectories.png"))
+    pilot = results.get("pilot") or {}
+    tuning = results.get("tuning") or {}
+    status = "**PARTIAL** — the grid is not finished" if results.get("partial", True) else "finished"
+    parts = [
+        "# Study v2 — results",
+        "",
+        f"Status: {status} (stage `{results.get('stage')}`). Protocol: "
+        "[study_protocol.md](study_protocol.md). Generated from `benchmarks/results/study_v2.json` by "
+        "`python benchmarks/study_v2.py --report-only`. Machine: "
+        f"{results.get('machine', {}).get('cpus')} CPU cores ({results.get('machine', {}).get('platform')}); "
+        "every number was produced on it (no accelerator).",
+        "",
+        "## Pilot (QAT length)",
+        "",
+        "LSQ W2A2, seed 0, validation accuracy after BN re-estimation by epoch: "
+        + (
+            ", ".join(f"{e}: {100 * a:.2f} %" for e, a in pilot.get("validation_by_epoch", []))
+            or "not run yet"
+        )
+        + (f". QAT length E = **{pilot['qat_epochs']} epochs**." if "qat_epochs" in pilot else ""),
+        "",
+        "## Tuning on validation (seed 0, W2A2)",
+        "",
+        "\n".join(
+            f"- `{field}`: "
+            + ", ".join(
+                f"{value}: {'–' if score is None else f'{100 * score:.2f} %'}"
+                for value, score in scores.items()
+            )
+            + (f" → **{tuning.get('chosen', {}).get(field)}**" if field in tuning.get("chosen", {}) else "")
+            for field, scores in (tuning.get("scores") or {}).items()
+        )
+        or "not run yet",
+        "",
+        "## Claims",
+        "",
+        f"δ = {100 * ACCURACY_DELTA:.1f} points of accuracy, ln(1/0.9) on a log trace; Holm inside each "
+        "family at α = 0.05; differences are method − baseline (accuracy in points, traces as log ratios).",
+        "",
+        claims_table(outcomes),
+        "",
+        "## QAT accuracy",
+        "",
+        accuracy_table(records),
+        "",
+        "## PTQ accuracy",
+        "",
+        ptq_table(records),
+        "",
+        "## Flatness",
+        "",
+        flatness_table(records),
+        "",
+        "Per layer at W2A2 (a Conv→BN layer's loss is invariant to its kernel's scale, so compare tr·‖W‖²):",
+        "",
+        layer_table(records),
+        "",
+        f"![trace trajectories]({os.path.relpath(trajectory, os.path.dirname(md_path))})"
+        if trajectory
+        else "",
+        "",
+        "## Loss terms",
+        "",
+        loss_term_table(results),
+        "",
+        "## Cost",
+        "",
+        cost_table(results),
+        "",
+    ]
+    text = "\n".join(parts)
+    os.makedirs(os.path.dirname(md_path) or ".", exist_ok=True)
+    with open(md_path, "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,165 @@
+"""Study v2's report (benchmarks/report/study_v2.py) on synthetic records: the claim rows
+against scipy's paired t-tests and an independent Holm step-down, the tables, the CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from report import study_v2 as report  # noqa: E402
+
+SEEDS = range(5)
+
+
+def qat(seed, method, bits, accuracy, trace):
+    return {
+        "run_id": f"seed{seed}/{method}_{bits}",
+        "status": "ok",
+        "kind": "train",
+        "group": "qat",
+        "seed": seed,
+        "method": method,
+        "bits": bits,
+        "accuracy": accuracy,
+        "wall_time_s": 60.0,
+        "flatness": {
+            "status": "ok",
+            "value": trace,
+            "stderr": 1.0,
+            "top_eigenvalue": trace / 10,
+            "layers": {
+                "conv1": {"trace": trace / 2, "kernel_norm_sq": 4.0, "trace_times_norm_sq": 2 * trace}
+            },
+        },
+        "loss_terms": {"status": "ok", "mean_grad_ratio": {"csd": 40.0}} if method == "fpq" else {},
+    }
+
+
+def network(seed, method, target, trace):
+    record = qat(seed, method, "FP", 0.9, trace)
+    record.update(group="fp", target_bits=target, run_id=f"seed{seed}/{method}{target}")
+    return record
+
+
+def ptq(seed, source, target, observer, draw, by_bits):
+    return {
+        "run_id": f"seed{seed}/{source}{target}/ptq_{observer}_{draw}",
+        "status": "ok",
+        "kind": "ptq",
+        "group": "ptq",
+        "seed": seed,
+        "method": source,
+        "source": source,
+        "target_bits": target,
+        "observer": observer,
+        "draw": draw,
+        "bits": "PTQ",
+        "ptq": {"status": "ok", "accuracy_by_bits": by_bits},
+    }
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    runs = []
+    truth = {"fpq": 0.02, "cr": 0.0, "mec": 0.003}
+    for seed in SEEDS:
+        for bits in ("W2A4", "W2A2"):
+            base = 0.80 + rng.normal(0, 0.01)
+            runs.append(qat(seed, "lsq", bits, base, 100.0 + rng.normal(0, 5)))
+            for method, effect in truth.items():
+                noise = rng.normal(0, 0.002)
+                runs.append(qat(seed, method, bits, base + effect + noise, 80.0 + rng.normal(0, 5)))
+        runs.append(network(seed, "fp", None, 50.0 + rng.normal(0, 2)))
+        for target in (4, 3):
+            runs.append(network(seed, "dnq", target, 45.0 + rng.normal(0, 2)))
+        for observer in ("minmax", "mse"):
+            for draw in range(3):
+                fp = {w: 0.85 + rng.normal(0, 0.003) for w in ("8", "6", "4", "3")}
+                runs.append(ptq(seed, "fp", None, observer, draw, fp))
+                for target in (4, 3):
+                    dnq = {w: v + 0.01 + rng.normal(0, 0.002) for w, v in fp.items()}
+                    runs.append(ptq(seed, "dnq", target, observer, draw, dnq))
+    runs.append({**qat(0, "fpq", "W2A2", 0.5, 1.0), "group": "tuning", "run_id": "tune"})
+    return {"study": "study_v2", "partial": True, "stage": "grid", "runs": runs, "machine": {"cpus": 2}}
+
+
+def holm(p_values):
+    order = np.argsort(p_values)
+    m, adjusted, running = len(p_values), [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def test_claim_rows_match_scipy_and_holm(synthetic):
+    records = report.grid_records(synthetic)
+    assert all(r["group"] != "tuning" for r in records)
+    outcomes = report.evaluate_claims(records)
+    by_id = {o.claim.id: o for o in outcomes}
+    assert set(by_id) == {c.id for c in report.CLAIMS_V2} and all(len(o.seeds) == 5 for o in outcomes)
+    for family in {c.family for c in report.CLAIMS_V2}:
+        members = [o for o in outcomes if o.claim.family == family]
+        sup, non = [], []
+        for o in members:
+            a, b = np.array(o.method_values), np.array(o.baseline_values)
+            side = "greater" if o.claim.direction == 1 else "less"
+            sup.append(scipy_stats.ttest_rel(a, b, alternative=side).pvalue)
+            d = o.claim.direction * (a - b)
+            non.append(scipy_stats.ttest_1samp(d, o.claim.delta, alternative="less").pvalue)
+            assert o.test.p_superiority == pytest.approx(sup[-1], rel=1e-9)
+            assert o.test.p_non_reproduction == pytest.approx(non[-1], rel=1e-9)
+        for o, s, n in zip(members, holm(sup), holm(non), strict=True):
+            assert o.holm_superiority == pytest.approx(s) and o.holm_non_reproduction == pytest.approx(n)
+    assert by_id["1b"].verdict == "reproduced"
+    assert by_id["2b"].verdict == "not reproduced"
+    assert by_id["1d"].verdict.startswith("reproduced")  # traces 80 vs 100: lower by > 10 %
+    # PTQ values are the per-seed means over the three draws
+    fp4 = report.values_by_seed(records, "ptq@4", "fp", "PTQ")
+    seed0 = [r["ptq"]["accuracy_by_bits"]["4"] for r in records if r["kind"] == "ptq" and r["source"] == "fp"
+             and r["seed"] == 0 and r["observer"] == "minmax"]  # fmt: skip
+    assert len(seed0) == 3 and fp4[0] == pytest.approx(sum(seed0) / 3)
+    trace = report.values_by_seed(records, "log_trace", "dnq_t4", "FP")
+    assert trace[1] == pytest.approx(
+        math.log(next(r for r in records if r["run_id"] == "seed1/dnq4")["flatness"]["value"])
+    )
+
+
+def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
+    text = report.write_v2_report(synthetic, str(tmp_path / "results_v2.md"), str(tmp_path / "figures"))
+    for heading in ("## Pilot", "## Tuning", "## Claims", "## QAT accuracy", "## PTQ accuracy", "## Flatness",
+                    "## Loss terms", "## Cost"):  # fmt: skip
+        assert heading in text
+    assert "**PARTIAL**" in text
+    lsq = sorted(
+        (r["seed"], r["accuracy"]) for r in synthetic["runs"] if r["method"] == "lsq" and r["bits"] == "W2A2"
+    )
+    assert ", ".join(f"{100 * a:.2f}" for _, a in lsq) in text
+    assert "csd 40" in text and "tr·‖W‖²" in text
+    assert (tmp_path / "figures").is_dir()
+
+
+def test_report_only_regenerates_from_the_json(synthetic, tmp_path):
+    results = tmp_path / "study_v2.json"
+    results.write_text(json.dumps(synthetic))
+    md = tmp_path / "out.md"
+    command = [sys.executable, "benchmarks/study_v2.py", "--report-only", "--results", str(results)]
+    command += ["--report", str(md), "--figures", str(tmp_path / "figures")]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    first = md.read_text()
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert md.read_text() == first and "## Claims" in first
+    missing = subprocess.run(
+        [sys.executable, "benchmarks/study_v2.py", "--report-only", "--results", str(tmp_path / "none.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.startswith("study_v2: error:")
