@@ -183,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(config, workdir)
     total_steps = run.total_steps
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
-    metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+    metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), tensorboard=config.train.tensorboard)
 
     state, resumed = initial_state(run, checkpointer)
     if resumed:
@@ -258,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run.mesh,
     )
     checkpointer.close()
+    metrics.close()
     summary = {
         "name": config.name,
         "method": config.method.name,
