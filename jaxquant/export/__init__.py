@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 
 from jaxquant import parallel
 from jaxquant.data import load_splits
-from jaxquant.export.graph import model_graph
+from jaxquant.export.graph import check_supported, model_graph
 from jaxquant.export.integer import MANIFEST_FILE, TENSORS_FILE, IntegerModel
 from jaxquant.export.tensors import BN_HANDLING, export_tensors, size_rows
 from jaxquant.models import create_model
@@ -101,9 +101,11 @@ def load_source(config: ml_collections.ConfigDict, source: str):
     with init_from_errors(source):
         source_config = read_run_config(source)
     if source_config.mode == "ptq":
+        check_supported(read_report(source)["model"])
         return ptq_source(source, source_config, str(config.export.bits))
     if source_config.mode != "train":
         raise ValueError(f"{source!r} is a mode={source_config.mode!r} run: export a QAT or PTQ run")
+    check_supported(source_config.model.name)
     return qat_source(source)
 
 

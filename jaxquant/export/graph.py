@@ -26,7 +26,7 @@ from jaxquant.models.small_cnn import SmallCNN
 from jaxquant.models.vgg import StagedCNN
 
 BN_EPSILON = nn.BatchNorm.epsilon  # the models' BatchNorm keeps flax's default
-SUPPORTED_MODELS = ("small_cnn", "cnn6 (StagedCNN)", "resnet20/resnet18 (basic blocks)")
+SUPPORTED_MODELS = ("small_cnn", "cnn6", "resnet20", "resnet18")
 
 
 @dataclasses.dataclass
@@ -103,14 +103,20 @@ def resnet_graph(model: CifarResNet, image_shape: tuple[int, ...]) -> GraphBuild
 GRAPHS = {SmallCNN: small_cnn_graph, StagedCNN: staged_cnn_graph, CifarResNet: resnet_graph}
 
 
+def check_supported(model_name: str) -> None:
+    """A one-line error for a model the integer evaluator does not cover (ViT attention,
+    MobileNet's depthwise convs, bottleneck ResNets)."""
+    if model_name not in SUPPORTED_MODELS:
+        raise ValueError(
+            f"model.name={model_name!r} is not supported by the integer evaluator: "
+            f"supported {', '.join(SUPPORTED_MODELS)}"
+        )
+
+
 def model_graph(model: nn.Module, model_name: str, image_shape: tuple[int, ...]) -> GraphBuilder:
-    """The ops of ``model`` for images of ``image_shape`` (H, W, C); an unsupported model
-    (ViT attention, MobileNet, bottleneck ResNets) is a one-line error."""
+    """The ops of ``model`` for images of ``image_shape`` (H, W, C)."""
+    check_supported(model_name)
     build = GRAPHS.get(type(model))
-    error = (
-        f"model.name={model_name!r} is not supported by the integer evaluator: "
-        f"supported {', '.join(SUPPORTED_MODELS)}"
-    )
     if build is None or (isinstance(model, CifarResNet) and model.block is not BasicBlock):
-        raise ValueError(error)
+        check_supported(type(model).__name__)
     return build(model, tuple(image_shape))

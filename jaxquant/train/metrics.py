@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxquant.parallel import is_lead_process
+from jaxquant import parallel
 
 
 def to_python(value: Any) -> Any:
@@ -79,7 +79,7 @@ class MetricsWriter:
 
     def __init__(self, path: str, tensorboard: bool = False):
         self.path = path
-        self.enabled = is_lead_process()
+        self.enabled = parallel.is_lead_process()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.events = (
             TensorBoardWriter(os.path.dirname(path) or ".") if tensorboard and self.enabled else None
