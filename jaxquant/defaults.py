@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "run"
-    config.mode = "train"  # train | pipeline | ptq | analyse (the table in jaxquant/modes.py)
+    config.mode = "train"  # train | pipeline | ptq | analyse | export (the table in jaxquant/modes.py)
     config.seed = 0
     config.init_from = ""  # FP run (workdir or checkpoints folder) that QAT starts from
     config.checkpoints = ""  # mode=analyse: comma-separated workdirs of trained runs
@@ -58,6 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.ptq.calibration_draw = 0  # which draw of calibration images (0: by the run's seed)
     config.ptq.bn_reestimate = True  # re-estimate the FP network's BatchNorm on clean images first
 
+    # Integer export (mode = 'export', jaxquant/export) of the QAT or PTQ run in init_from.
+    config.export = ml_collections.ConfigDict()
+    config.export.bits = ""  # a PTQ run: which bit setting ("w4a4" or "4"); "" = its only one
+    config.export.pack = False  # pack weight codes of at most 4 bits into bytes (2, 4 or 8 a byte)
+    config.export.evaluate = True  # run the integer evaluator beside the fake-quantized one
+
     config.method = ml_collections.ConfigDict()
     config.method.name = "fp"
     # Baselines (docs/methods.md §1).
@@ -86,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.bn_reestimate_images = 2048
     # at every log step: each loss term and its gradient-norm ratio to CE (term_*, grad_ratio_*)
     config.train.log_loss_terms = True
+    # TensorBoard event files in the workdir beside metrics.jsonl (lead process only)
+    config.train.tensorboard = True
 
     # Flatness measurements (jaxquant/curvature): mode=analyse and the training probe.
     config.curvature = ml_collections.ConfigDict()

@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxquant import analyse, pipeline, ptq
+from jaxquant import analyse, export, pipeline, ptq
 from jaxquant.train import loop
 from jaxquant.train.lock import workdir_lock
 
@@ -27,6 +27,7 @@ MODES: dict[str, ModeFn] = {
     "pipeline": run_pipeline,
     "ptq": ptq.run_ptq,
     "analyse": analyse.run_analyse,
+    "export": export.run_export,
 }
 
 

@@ -14,7 +14,9 @@ an entry ``"w4a8"`` sets weights and activations apart), with no training:
 3. evaluate on the test split.
 
 Writes ``ptq_report.json`` into the workdir (bits, observer, accuracy, FP accuracy and every
-quantizer's step sizes) and prints one table. The summary it returns carries one row per
+quantizer's step sizes) and each bit setting's calibrated variables as
+``calibrated/<bits>.npz`` (flat ``<collection>/<path>`` keys, written atomically; what
+``mode = 'export'`` reads), and prints one table. The summary it returns carries one row per
 bit setting (``rows``) and an accuracy-by-bits row (``comparison``) for the pipeline table.
 """
 
@@ -52,6 +54,7 @@ from jaxquant.train.setup import (
 )
 
 REPORT_FILE = "ptq_report.json"
+CALIBRATED_DIR = "calibrated"
 TABLE_COLUMNS = ["bits", "w_bits", "a_bits", "observer", "ptq_accuracy", "fp_accuracy"]
 
 
@@ -178,12 +181,14 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 eval_step, params, variables, validation_split, config.data.eval_batch_size, mesh
             )
             result["validation_accuracy"] = validation["accuracy"]
-        return result, params
+        return result, {"params": params, **variables}
 
     fp_result, _ = build_and_evaluate(fp_policy, calibrated=False)
     rows, results = [], []
     for setting in settings:
-        result, params = build_and_evaluate(ptq_policy(config, setting), calibrated=True)
+        result, variables = build_and_evaluate(ptq_policy(config, setting), calibrated=True)
+        params = variables["params"]
+        variables_file = save_variables(variables, workdir, setting)
         row = {
             "bits": setting.label,
             "w_bits": setting.w_bits,
@@ -195,7 +200,14 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rows.append(row)
         if "validation_accuracy" in result:
             row["ptq_validation_accuracy"] = float(result["validation_accuracy"])
-        results.append({**row, "ptq_loss": float(result["loss"]), "step_sizes": step_sizes(params)})
+        results.append(
+            {
+                **row,
+                "ptq_loss": float(result["loss"]),
+                "step_sizes": step_sizes(params),
+                "variables": variables_file,
+            }
+        )
         print(
             f"[{config.name}] PTQ {setting.label} ({config.ptq.observer}): "
             f"accuracy {result['accuracy']:.4f} (FP {fp_result['accuracy']:.4f})",
@@ -209,6 +221,7 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "checkpoint": os.path.abspath(config.init_from),
         "checkpoint_step": int(source.step),
         "model": model_name,
+        "model_kwargs": to_python(model_kwargs),
         "dataset": config.data.name,
         "observer": config.ptq.observer,
         "observer_options": dict(observer_options(config.ptq)),
@@ -245,10 +258,40 @@ def run_ptq(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     }
 
 
+def save_variables(variables: dict[str, Any], workdir: str, setting: BitSetting) -> str:
+    """Write ``variables`` to ``<workdir>/calibrated/<bits>.npz`` (a temporary file renamed into
+    place, so a reader never sees half a file); return the path relative to ``workdir``."""
+    relative = os.path.join(CALIBRATED_DIR, f"{setting.label}.npz")
+    if not parallel.is_lead_process():
+        return relative
+    path = os.path.join(workdir, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+    partial = path + ".partial.npz"
+    np.savez(partial, **{key: np.asarray(value) for key, value in flat.items()})
+    os.replace(partial, path)
+    return relative
+
+
+def load_variables(workdir: str, relative: str) -> dict[str, Any]:
+    """The variables :func:`save_variables` wrote (nested again)."""
+    with np.load(os.path.join(workdir, relative)) as saved:
+        return traverse_util.unflatten_dict({key: saved[key] for key in saved.files}, sep="/")
+
+
 def read_report(workdir: str) -> dict[str, Any]:
     """The ``ptq_report.json`` of a PTQ run's workdir."""
     with open(os.path.join(workdir, REPORT_FILE)) as f:
         return json.load(f)
 
 
-__all__ = ["BitSetting", "parse_bits", "read_report", "run_ptq", "step_sizes"]
+__all__ = [
+    "BitSetting",
+    "load_variables",
+    "parse_bits",
+    "ptq_policy",
+    "read_report",
+    "run_ptq",
+    "save_variables",
+    "step_sizes",
+]

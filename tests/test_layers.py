@@ -21,6 +21,7 @@ LAYERS = {
     "ptq": 7,
     "analyse": 7,
     "pipeline": 7,
+    "export": 7,
     "modes": 8,
     "study": 9,
     "main": 9,

@@ -1,12 +1,14 @@
 """Every registered method's checkpoint is usable: it loads for analysis (the loader of
 ``mode=analyse``), it is quantized by ``mode=ptq``, and it starts a QAT run as ``init_from`` —
 method-owned parameters (MEC's learned gates), other estimators' quantizer state (PACT's
-``alpha``, LSQ+'s ``offset``) and DNQ's noise statistics never break loading."""
+``alpha``, LSQ+'s ``offset``) and DNQ's noise statistics never break loading; every QAT
+method's checkpoint exports to integers and the integer evaluator agrees with it."""
 
 import numpy as np
 import pytest
 from conftest import tiny_config
 
+from jaxquant.export import run_export
 from jaxquant.methods import METHODS
 from jaxquant.ptq import run_ptq
 from jaxquant.train.loop import train_and_evaluate
@@ -58,3 +60,16 @@ def test_checkpoint_starts_a_qat_run(method_runs, method):
     state = create_train_state(build_run(config))
     assert "mec_gate_logits" not in state.params
     assert state.params["conv1"]["input_quant"]["step"].shape == ()
+
+
+QAT_METHODS = sorted(name for name in METHODS if name not in ("fp", "dnq"))  # fp, dnq: FP networks
+
+
+@pytest.mark.parametrize("method", QAT_METHODS)
+def test_checkpoint_exports_to_integers(method_runs, method, tmp_path):
+    """export → load → integer evaluation: the integer arithmetic predicts as the fake-quantized
+    network on ≥ 99.9 % of the digits test images, accuracy within 0.1 points."""
+    config = tiny_config(mode="export", init_from=method_runs[method])
+    agreement = run_export(config, str(tmp_path))["agreement"]
+    assert agreement["agreement"] >= 0.999, agreement
+    assert abs(agreement["integer_accuracy"] - agreement["fake_quant_accuracy"]) <= 0.001, agreement

@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(config, workdir)
     total_steps = run.total_steps
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
-    metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+    metrics = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), tensorboard=config.train.tensorboard)
 
     state, resumed = initial_state(run, checkpointer)
     if resumed:
@@ -279,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         final_results = final_evaluations(run, eval_step, state, None, int(state.step))
     result = final_results["test"]
     checkpointer.close()
+    metrics.close()
     summary = {
         "name": config.name,
         "method": config.method.name,

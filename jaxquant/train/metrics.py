@@ -1,4 +1,11 @@
-"""Metrics as JSON lines (``metrics.jsonl`` in the workdir) plus a one-line progress print."""
+"""Metrics as JSON lines (``metrics.jsonl`` in the workdir), the same scalars as TensorBoard
+event files beside it (``train.tensorboard``), plus a one-line progress print.
+
+TensorBoard tag of a scalar: ``<kind>/<name>`` (``train/loss``, ``eval/accuracy``,
+``curvature/trace``; a dict value such as ``layer_traces`` gives ``curvature/layer_traces/<layer>``),
+the record's ``step`` as its step and ``time`` as its wall time. The events are written with the
+``tensorboard`` package's ``EventFileWriter`` and protos, which need no TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxquant.parallel import is_lead_process
+from jaxquant import parallel
 
 
 def to_python(value: Any) -> Any:
@@ -23,13 +30,60 @@ def to_python(value: Any) -> Any:
     return value
 
 
-class MetricsWriter:
-    """Appends one JSON object per record to ``path`` (process 0 only in a multi-host run)."""
+def scalar_tags(kind: str, values: dict[str, Any]) -> dict[str, float]:
+    """``{"<kind>/<name>": value}`` for every number in ``values`` (a record's fields without
+    ``kind``, ``step`` and ``time``); nested dicts extend the name (``<kind>/<name>/<key>``),
+    lists and strings are left out."""
+    flat = {}
+    for name, value in values.items():
+        tag = f"{kind}/{name}"
+        if isinstance(value, dict):
+            flat.update(scalar_tags(tag, value))
+        elif isinstance(value, bool | int | float):
+            flat[tag] = float(value)
+    return flat
 
-    def __init__(self, path: str):
+
+class TensorBoardWriter:
+    """Scalars as TensorBoard event files in ``logdir`` (created at the first write)."""
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self.writer = None
+
+    def write(self, kind: str, step: int, wall_time: float, values: dict[str, Any]) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if self.writer is None:
+            self.writer = EventFileWriter(self.logdir)
+        summary = summary_pb2.Summary(
+            value=[
+                summary_pb2.Summary.Value(tag=tag, simple_value=value)
+                for tag, value in scalar_tags(kind, values).items()
+            ]
+        )
+        self.writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class MetricsWriter:
+    """Appends one JSON object per record to ``path`` and, when ``tensorboard``, writes its
+    scalars as TensorBoard events into ``path``'s folder (process 0 only in a multi-host run:
+    the others write nothing)."""
+
+    def __init__(self, path: str, tensorboard: bool = False):
         self.path = path
-        self.enabled = is_lead_process()
+        self.enabled = parallel.is_lead_process()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.events = (
+            TensorBoardWriter(os.path.dirname(path) or ".") if tensorboard and self.enabled else None
+        )
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -37,6 +91,13 @@ class MetricsWriter:
         record = {"kind": kind, "step": int(step), "time": time.time(), **to_python(values)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            fields = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
+            self.events.write(kind, record["step"], record["time"], fields)
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
