@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 
@@ -27,7 +28,7 @@ from jaxquant.modes import run_mode  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_agreement.json")
 MODELS = ("small_cnn", "cnn6", "resnet20")
 BITS = (8, 4, 2)
-# (data set, model) → LSQ training steps at batch 64
+# (data set, model) → LSQ training steps (batch 64 on digits, 256 on Fashion-MNIST)
 STEPS = {
     ("digits", "small_cnn"): 150,
     ("digits", "cnn6"): 150,
@@ -90,21 +91,40 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def row_key(row: dict) -> tuple[str, str, str]:
+    return row["dataset"], row["model"], row["bits"]
+
+
+def save(rows: dict, expected: int) -> None:
+    """Write every row measured so far (this call's and earlier calls'), in table order."""
+    ordered = sorted(
+        rows.values(), key=lambda r: (r["dataset"], MODELS.index(r["model"]), -int(r["bits"][1]))
+    )
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump({"complete": len(ordered) >= expected, "machine": machine, "rows": ordered}, f, indent=2)
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/export_agreement")
     parser.add_argument("--datasets", default="digits,fashion_mnist")
     args = parser.parse_args()
-    rows = []
+    rows = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            rows = {row_key(r): r for r in json.load(f)["rows"]}
+    expected = len({d for d, _ in STEPS}) * len(MODELS) * len(BITS)
     for dataset in args.datasets.split(","):
         for model in MODELS:
             for bits in BITS:
-                rows.append(measure(dataset, model, bits, args.workdir))
-                print(json.dumps(rows[-1]), flush=True)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        json.dump({"rows": rows}, f, indent=2)
-    print(markdown(rows))
+                row = measure(dataset, model, bits, args.workdir)
+                rows[row_key(row)] = row
+                print(json.dumps(row), flush=True)
+                save(rows, expected)  # each row as it is measured: a killed call keeps them
+    print(markdown(list(rows.values())))
 
 
 if __name__ == "__main__":
