@@ -278,6 +278,75 @@ def merge(*stages: list[RunSpec]) -> list[RunSpec]:
     return list(out.values())
 
 
+SLICE_POINTS = 25  # 1-D slices: α in [−SLICE_RADIUS, SLICE_RADIUS]
+SLICE_RADIUS = 1.0
+LINE_MARGIN = 0.25  # the LSQ → FPQ line: α in [−margin, 1 + margin]
+LANDSCAPE_BITS = "W2A2"
+
+
+def landscape_pair(records: dict[str, dict[str, Any]], seed: int) -> tuple[dict, dict] | None:
+    """The finished grid records of LSQ and FPQ at ``LANDSCAPE_BITS`` for ``seed``, if both are."""
+    found = {}
+    for record in records.values():
+        if (record.get("group"), record.get("bits"), record.get("seed")) == ("qat", LANDSCAPE_BITS, seed):
+            if record.get("method") in ("lsq", "fpq") and record.get("status") == OK:
+                found[record["method"]] = record
+    return (found["lsq"], found["fpq"]) if len(found) == 2 else None
+
+
+def landscape(study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int) -> dict[str, Any]:
+    """On the fixed probe batch: the loss along one filter-normalised random direction (the
+    seed's, kernels only) through the LSQ and through the FPQ checkpoint, and along the line
+    from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run).
+    Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes."""
+    import jax
+    import numpy as np
+
+    from jaxquant import curvature
+    from jaxquant.study.runs import FinishedRun, probe_inputs, write_json
+    from jaxquant.train.setup import load_run
+
+    cache = os.path.join(study_dir, f"landscape_seed{seed}.json")
+    key = [lsq["config_hash"], fpq["config_hash"]]
+    if os.path.exists(cache):
+        with open(cache) as f:
+            cached = json.load(f)
+        if cached.get("runs") == key:
+            return cached
+    alphas = np.linspace(-SLICE_RADIUS, SLICE_RADIUS, SLICE_POINTS)
+    out: dict[str, Any] = {"runs": key, "seed": seed, "alphas": alphas.tolist(), "slices": {}}
+    loaded = {}
+    for name, record in (("lsq", lsq), ("fpq", fpq)):
+        workdir = os.path.join(study_dir, record["workdir"])
+        loaded[name] = load_run(workdir)
+        finished = FinishedRun(loaded[name].config, workdir)
+        variables, batches = probe_inputs(finished, TRACE)
+        loss_fn, params, data = curvature.model_objective(loaded[name].model, variables, batches)
+        direction = curvature.filter_normalized_direction(jax.random.PRNGKey(seed), params)
+        out["slices"][name] = np.asarray(
+            curvature.slice_1d(loss_fn, params, data, direction, alphas)
+        ).tolist()
+    line_alphas = np.union1d(np.linspace(-LINE_MARGIN, 1 + LINE_MARGIN, SLICE_POINTS), [0.0, 1.0])
+    loss_fn = curvature.model_loss(loaded["fpq"].model)
+    start, end = loaded["lsq"].variables, loaded["fpq"].variables
+    out["line"] = {
+        "alphas": line_alphas.tolist(),
+        "losses": np.asarray(curvature.interpolate(loss_fn, start, end, batches, line_alphas)).tolist(),
+    }
+    write_json(cache, out)
+    return out
+
+
+def landscapes(study_dir: str, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`landscape` of every seed whose LSQ and FPQ runs at ``LANDSCAPE_BITS`` finished."""
+    out = []
+    for seed in range(SEEDS):
+        pair = landscape_pair(records, seed)
+        if pair is not None:
+            out.append(landscape(study_dir, *pair, seed))
+    return out
+
+
 def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
     return {
         "study": STUDY,
@@ -329,8 +398,8 @@ def run_stages(study_dir: str, results: str, command: str, max_runs: int | None)
     specs = merge(pilot, tuning, grid)
     records = execute(specs, "grid", extra)
     finished = all(records[spec.run_id]["status"] == OK for spec in specs)
-    if finished:
-        execute(specs, "grid finished", extra)
+    extra["landscape"] = landscapes(study_dir, records)
+    execute(specs, "grid finished" if finished else "grid", extra)  # every record read back
     return {"stage": "grid finished" if finished else "grid", **extra}
 
 

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import study_v2  # noqa: E402
 
+from jaxquant.methods import get_method  # noqa: E402
 from jaxquant.study.runs import config_hash  # noqa: E402
 
 with open(os.path.join(REPO, "docs", "study_protocol.md")) as f:
@@ -148,3 +149,32 @@ def test_the_flatness_record_has_per_layer_traces_beside_kernel_norms(fp_digits_
         assert layer["kernel_norm_sq"] == pytest.approx(float(np.sum(kernel**2)), rel=1e-9)
         assert layer["trace_times_norm_sq"] == pytest.approx(layer["trace"] * layer["kernel_norm_sq"])
     assert record["top_eigenvalue"] > 0 and record["lanczos_iterations"] == 8
+
+
+def test_landscape_slices_both_checkpoints_and_the_line_between_them(fp_digits_run, tmp_path):
+    from conftest import tiny_config
+
+    from jaxquant.train.loop import train_and_evaluate
+
+    records = {}
+    for method in ("lsq", "fpq"):
+        config = tiny_config(method__name=method, init_from=fp_digits_run, train__num_steps=4)
+        config.method.update(get_method(method).default_config().to_dict())
+        config.quant.w_bits = config.quant.a_bits = 2
+        train_and_evaluate(config, str(tmp_path / method))
+        records[method] = {
+            "status": "ok", "group": "qat", "bits": "W2A2", "seed": 0, "method": method,
+            "workdir": method, "config_hash": method,
+        }  # fmt: skip
+    out = study_v2.landscapes(str(tmp_path), records)
+    assert len(out) == 1 and out[0]["seed"] == 0
+    item = out[0]
+    assert len(item["slices"]["lsq"]) == len(item["slices"]["fpq"]) == study_v2.SLICE_POINTS
+    alphas = item["line"]["alphas"]
+    assert 0.0 in alphas and 1.0 in alphas and min(alphas) == -study_v2.LINE_MARGIN
+    assert np.all(np.isfinite(item["line"]["losses"]))
+    # α = 0 of a slice is the checkpoint itself: the same loss as the line's end at α = 1 for FPQ
+    fpq_centre = item["slices"]["fpq"][study_v2.SLICE_POINTS // 2]
+    assert item["line"]["losses"][alphas.index(1.0)] == pytest.approx(fpq_centre, rel=1e-4)
+    again = study_v2.landscapes(str(tmp_path), records)  # read back from its cache
+    assert again == out

@@ -89,7 +89,24 @@ def synthetic():
                     dnq = {w: v + 0.01 + rng.normal(0, 0.002) for w, v in fp.items()}
                     runs.append(ptq(seed, "dnq", target, observer, draw, dnq))
     runs.append({**qat(0, "fpq", "W2A2", 0.5, 1.0), "group": "tuning", "run_id": "tune"})
-    return {"study": "study_v2", "partial": True, "stage": "grid", "runs": runs, "machine": {"cpus": 2}}
+    alphas = list(np.linspace(-1, 1, 5))
+    landscape = [
+        {
+            "seed": seed,
+            "alphas": alphas,
+            "slices": {"lsq": [1 + 2 * a * a for a in alphas], "fpq": [1 + a * a for a in alphas]},
+            "line": {"alphas": [0.0, 0.5, 1.0], "losses": [1.0, 1.3 + 0.01 * seed, 0.9]},
+        }
+        for seed in SEEDS
+    ]
+    return {
+        "study": "study_v2",
+        "partial": True,
+        "stage": "grid",
+        "runs": runs,
+        "machine": {"cpus": 2},
+        "landscape": landscape,
+    }
 
 
 def holm(p_values):
@@ -145,7 +162,8 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     )
     assert ", ".join(f"{100 * a:.2f}" for _, a in lsq) in text
     assert "csd 40" in text and "tr·‖W‖²" in text
-    assert (tmp_path / "figures").is_dir()
+    assert (tmp_path / "figures" / "study_v2_landscape.png").stat().st_size > 0
+    assert "](figures/study_v2_landscape.png)" in text
 
 
 def test_report_only_regenerates_from_the_json(synthetic, tmp_path):

@@ -358,12 +358,43 @@ def plot_trajectories(results, path: str, bits: str = "W2A2") -> str | None:
     return path
 
 
+def plot_landscape(results, path: str) -> str | None:
+    """One figure: the 1-D filter-normalised slices through LSQ and FPQ at W2A2 and the line
+    from the LSQ to the FPQ checkpoint, each mean ± std over the seeds that have both."""
+    items = results.get("landscape") or []
+    if not items:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ("lsq", "fpq"):
+        curves = [item["slices"][name] for item in items]
+        mean = [stats.mean_std(list(column))[0] for column in zip(*curves, strict=True)]
+        std = [stats.mean_std(list(column))[1] or 0.0 for column in zip(*curves, strict=True)]
+        alphas = items[0]["alphas"]
+        left.plot(alphas, mean, label=name)
+        left.fill_between(alphas, [m - s for m, s in zip(mean, std, strict=True)],
+                          [m + s for m, s in zip(mean, std, strict=True)], alpha=0.25)  # fmt: skip
+    left.set(xlabel="α (filter-normalised direction)", ylabel="training loss", title="1-D slices at W2A2")
+    left.legend()
+    lines = [item["line"]["losses"] for item in items]
+    line_mean = [stats.mean_std(list(column))[0] for column in zip(*lines, strict=True)]
+    line_std = [stats.mean_std(list(column))[1] or 0.0 for column in zip(*lines, strict=True)]
+    right.errorbar(items[0]["line"]["alphas"], line_mean, yerr=line_std, marker=".", capsize=2)
+    right.set(
+        xlabel="α (0: LSQ, 1: FPQ)", ylabel="training loss", title=f"LSQ → FPQ line (n={len(items)} seeds)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> str:
     """Write the study v2 report to ``md_path`` (figures under ``figure_dir``); return its text."""
     records = grid_records(results)
     outcomes = evaluate_claims(records)
     os.makedirs(figure_dir, exist_ok=True)
     trajectory = plot_trajectories(results, os.path.join(figure_dir, "study_v2_trajectories.png"))
+    landscape = plot_landscape(results, os.path.join(figure_dir, "study_v2_landscape.png"))
     pilot = results.get("pilot") or {}
     tuning = results.get("tuning") or {}
     status = "**PARTIAL** — the grid is not finished" if results.get("partial", True) else "finished"
@@ -423,7 +454,11 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "",
         f"![trace trajectories]({os.path.relpath(trajectory, os.path.dirname(md_path))})"
         if trajectory
-        else "",
+        else "_trajectories: none recorded yet_",
+        "",
+        f"![slices and the LSQ → FPQ line]({os.path.relpath(landscape, os.path.dirname(md_path))})"
+        if landscape
+        else "_slices: no seed has both LSQ and FPQ at W2A2 yet_",
         "",
         "## Loss terms",
         "",
