@@ -235,6 +235,25 @@ def accuracy_table(records) -> str:
     return "\n".join(lines)
 
 
+def network_table(records) -> str:
+    """The FP-recipe networks (plain FP, DNQ per target): validation and test accuracy per seed."""
+    cells = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "train" and r["group"] == "fp":
+            cells[network_label(r)][r["seed"]] = r
+    lines = [
+        "| network | test accuracy % (mean ± std) | per seed (validation / test) | n |",
+        "|---|---|---|---|",
+    ]
+    for label, by_seed in sorted(cells.items()):
+        seeds = sorted(by_seed)
+        pairs = [(by_seed[s].get("validation_accuracy", float("nan")), by_seed[s]["accuracy"]) for s in seeds]
+        per_seed = ", ".join(f"{100 * validation:.2f} / {100 * test:.2f}" for validation, test in pairs)
+        summary = mean_std_text([by_seed[s]["accuracy"] for s in seeds])
+        lines.append(f"| {label} | {summary} | {per_seed} | {len(seeds)} |")
+    return "\n".join(lines)
+
+
 def ptq_table(records, widths=("8", "6", "4", "3")) -> str:
     """PTQ test accuracy per network, observer and width: mean ± std over seeds of the
     per-seed mean over calibration draws."""
@@ -435,6 +454,10 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "family at α = 0.05; differences are method − baseline (accuracy in points, traces as log ratios).",
         "",
         claims_table(outcomes),
+        "",
+        "## FP-recipe networks",
+        "",
+        network_table(records),
         "",
         "## QAT accuracy",
         "",
