@@ -353,6 +353,21 @@ def loss_term_table(results) -> str:
     return "\n".join(lines)
 
 
+def tuning_runs_table(results) -> str:
+    """Every finished tuning candidate with its validation accuracy (a DNQ candidate: its
+    W4A4 minmax PTQ's), whether or not its field has been chosen yet."""
+    lines = ["| candidate run | validation accuracy % |", "|---|---|"]
+    for r in results.get("runs", []):
+        if r.get("group") != "tuning" or r.get("status") != OK:
+            continue
+        if r["kind"] == "ptq":
+            score = (r.get("ptq") or {}).get("validation_accuracy_by_bits", {}).get("4")
+        else:
+            score = r.get("validation_accuracy")
+        lines.append(f"| `{r['run_id']}` | {'–' if score is None else f'{100 * score:.2f}'} |")
+    return "\n".join(lines) if len(lines) > 2 else "_no tuning run has finished yet_"
+
+
 def plot_trajectories(results, path: str, bits: str = "W2A2") -> str | None:
     """Trace during QAT (mean ± std over seeds at each logged step) per trajectory method."""
     series = defaultdict(lambda: defaultdict(list))
@@ -446,7 +461,9 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
             + (f" → **{tuning.get('chosen', {}).get(field)}**" if field in tuning.get("chosen", {}) else "")
             for field, scores in (tuning.get("scores") or {}).items()
         )
-        or "not run yet",
+        or "not chosen yet",
+        "",
+        tuning_runs_table(results),
         "",
         "## Claims",
         "",
