@@ -32,7 +32,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 
-from report.study_v2 import write_v2_report  # noqa: E402
+from report.study_v2 import DNQ_TUNING_TARGET, tuning_score, write_v2_report  # noqa: E402
 
 from configs.common import fashion_cnn6  # noqa: E402
 from jaxquant.study.adapters import OK  # noqa: E402
@@ -58,7 +58,6 @@ TUNED_FIELDS = {
 }
 TUNING_SEED = 0
 TUNING_BITS = (2, 2)
-DNQ_TUNING_TARGET = 4
 # (label, method, method fields) per bit setting: the claims' grid (protocol §7)
 GRID = {
     (4, 4): (("lsq", "lsq", {}), ("fpq", "fpq", {})),
@@ -135,7 +134,7 @@ def ptq_spec(parent: RunSpec, observer: str, draw: int, bits=PTQ_BITS, group="pt
     config.ptq.observer = observer
     config.ptq.calibration_draw = draw
     labels = dict(parent.labels, group=group, source=parent.labels["method"], observer=observer, draw=draw)
-    labels.update(bits="PTQ", kind_of_source=parent.run_id)
+    labels["bits"] = "PTQ"
     run_id = f"{parent.run_id}/ptq_{observer}_draw{draw}"
     return RunSpec(run_id, "ptq", config, labels, parent=parent.run_id, ptq_bits=tuple(bits))
 
@@ -195,15 +194,6 @@ def tuning_stage(epochs: int) -> list[RunSpec]:
                     )
                 )
     return specs
-
-
-def tuning_score(record: dict[str, Any] | None) -> float | None:
-    """The validation accuracy a candidate is chosen by (DNQ: its PTQ's at the target width)."""
-    if record is None or record.get("status") != OK:
-        return None
-    if record["kind"] == "ptq":
-        return (record.get("ptq") or {}).get("validation_accuracy_by_bits", {}).get(str(DNQ_TUNING_TARGET))
-    return record.get("validation_accuracy")
 
 
 def choose(default, candidates: dict[Any, float]) -> Any:
@@ -408,7 +398,8 @@ def measure_cost(results: str) -> dict[str, Any]:
     seconds per epoch and each method's seconds per epoch where it has run, else LSQ's
     scaled by the train-step benchmark's ratio (benchmarks/README.md)."""
     with open(results) as f:
-        runs = [r for r in json.load(f)["runs"] if r.get("status") == OK and r.get("wall_time_s")]
+        content = json.load(f)
+    runs = [r for r in content["runs"] if r.get("status") == OK and r.get("wall_time_s")]
     per_epoch: dict[str, list[float]] = {}
     for r in runs:
         if r["kind"] == "train" and r.get("steps"):
@@ -420,7 +411,7 @@ def measure_cost(results: str) -> dict[str, Any]:
     lsq = measured.get("lsq")
     if lsq is None or "fp" not in measured:
         return {"status": "needs the seed-0 FP run and the pilot", "measured_s_per_epoch": measured}
-    epochs = json.load(open(results)).get("pilot", {}).get("qat_epochs", MIN_QAT_EPOCHS)
+    epochs = content.get("pilot", {}).get("qat_epochs", MIN_QAT_EPOCHS)
 
     def epoch_cost(label):
         return measured.get(label, lsq * step_ratio_vs_lsq.get(label, 1.0))

@@ -353,17 +353,27 @@ def loss_term_table(results) -> str:
     return "\n".join(lines)
 
 
+DNQ_TUNING_TARGET = 4  # a DNQ candidate is scored by its PTQ at this width
+
+
+def tuning_score(record: dict[str, Any] | None) -> float | None:
+    """The validation accuracy a tuning candidate is chosen by: a training run's final one, a
+    DNQ candidate's PTQ's at ``DNQ_TUNING_TARGET`` bits; ``None`` while it has none."""
+    if record is None or record.get("status") != OK:
+        return None
+    if record["kind"] == "ptq":
+        return (record.get("ptq") or {}).get("validation_accuracy_by_bits", {}).get(str(DNQ_TUNING_TARGET))
+    return record.get("validation_accuracy")
+
+
 def tuning_runs_table(results) -> str:
-    """Every finished tuning candidate with its validation accuracy (a DNQ candidate: its
-    W4A4 minmax PTQ's), whether or not its field has been chosen yet."""
+    """Every finished tuning candidate with its validation accuracy (:func:`tuning_score`),
+    whether or not its field has been chosen yet."""
     lines = ["| candidate run | validation accuracy % |", "|---|---|"]
     for r in results.get("runs", []):
         if r.get("group") != "tuning" or r.get("status") != OK:
             continue
-        if r["kind"] == "ptq":
-            score = (r.get("ptq") or {}).get("validation_accuracy_by_bits", {}).get("4")
-        else:
-            score = r.get("validation_accuracy")
+        score = tuning_score(r)
         lines.append(f"| `{r['run_id']}` | {'–' if score is None else f'{100 * score:.2f}'} |")
     return "\n".join(lines) if len(lines) > 2 else "_no tuning run has finished yet_"
 
