@@ -16,6 +16,11 @@ executor of :mod:`jaxquant.study.runs` (a finished run is read back, a killed on
 
 A stage that cannot finish yet (``--max-runs`` reached, a run failed) ends the call; the
 records so far are in ``benchmarks/results/study_v2.json`` with ``"partial": true``.
+
+That file is committed, and it is what carries the study between working periods: on a fresh
+checkout (``runs/`` gone) a run with a complete record there is not trained again, unless a
+run still to execute starts from it, or its landscape (computed as soon as a seed's LSQ and
+FPQ runs at W2A2 are in) is not recorded yet. The pilot's curve comes from there too.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from report.study_v2 import DNQ_TUNING_TARGET, tuning_score, write_v2_report  # 
 
 from configs.common import fashion_cnn6  # noqa: E402
 from jaxquant.study.adapters import OK  # noqa: E402
-from jaxquant.study.runs import RunSpec, Study, TraceSettings  # noqa: E402
+from jaxquant.study.runs import RunSpec, Study, TraceSettings, spec_hashes  # noqa: E402
 from jaxquant.train.metrics import read_metrics  # noqa: E402
 
 STUDY = "study_v2"
@@ -284,11 +289,24 @@ def landscape_pair(records: dict[str, dict[str, Any]], seed: int) -> tuple[dict,
     return (found["lsq"], found["fpq"]) if len(found) == 2 else None
 
 
-def landscape(study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int) -> dict[str, Any]:
+def landscape_ids(specs: list[RunSpec], seed: int) -> tuple[str, str]:
+    """The run ids of the LSQ and the FPQ grid runs at ``LANDSCAPE_BITS`` for ``seed``."""
+    found = {}
+    for spec in specs:
+        labels = spec.labels
+        if (labels["group"], labels["bits"], labels["seed"]) == ("qat", LANDSCAPE_BITS, seed):
+            found[labels["method"]] = spec.run_id
+    return found["lsq"], found["fpq"]
+
+
+def landscape(
+    study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int, earlier: list[dict] = ()
+) -> dict[str, Any]:
     """On the fixed probe batch: the loss along one filter-normalised random direction (the
     seed's, kernels only) through the LSQ and through the FPQ checkpoint, and along the line
     from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run).
-    Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes."""
+    Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes; one of
+    ``earlier`` (the results file's) with those hashes is taken as it is."""
     import jax
     import numpy as np
 
@@ -298,6 +316,9 @@ def landscape(study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: in
 
     cache = os.path.join(study_dir, f"landscape_seed{seed}.json")
     key = [lsq["config_hash"], fpq["config_hash"]]
+    for item in earlier:
+        if item.get("runs") == key:
+            return item
     if os.path.exists(cache):
         with open(cache) as f:
             cached = json.load(f)
@@ -327,14 +348,45 @@ def landscape(study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: in
     return out
 
 
-def landscapes(study_dir: str, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def landscapes(
+    study_dir: str, records: dict[str, dict[str, Any]], earlier: list[dict] = ()
+) -> list[dict[str, Any]]:
     """:func:`landscape` of every seed whose LSQ and FPQ runs at ``LANDSCAPE_BITS`` finished."""
     out = []
     for seed in range(SEEDS):
         pair = landscape_pair(records, seed)
         if pair is not None:
-            out.append(landscape(study_dir, *pair, seed))
+            out.append(landscape(study_dir, *pair, seed, earlier))
     return out
+
+
+def landscape_checkpoints(specs: list[RunSpec], earlier: list[dict]) -> set[str]:
+    """The LSQ and FPQ runs whose landscape is not in ``earlier``: their checkpoints are needed."""
+    hashes = spec_hashes(specs)
+    known = [item.get("runs") for item in earlier]
+    needed = set()
+    for seed in range(SEEDS):
+        pair = landscape_ids(specs, seed)
+        if [hashes[run_id] for run_id in pair] not in known:
+            needed.update(pair)
+    return needed
+
+
+def read_results(path: str) -> dict[str, Any]:
+    """The results file's content, or ``{}`` before the first call."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def pilot_curve(study_dir: str, record: dict[str, Any], earlier: dict[str, Any]) -> list[tuple[int, float]]:
+    """The pilot's validation curve: from its metrics, or, with its workdir gone, from the
+    results file that recorded the same run."""
+    metrics = os.path.join(study_dir, record["workdir"], "metrics.jsonl")
+    if os.path.exists(metrics):
+        return validation_curve(os.path.dirname(metrics))
+    return [tuple(point) for point in earlier["pilot"]["validation_by_epoch"]]
 
 
 def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
@@ -360,10 +412,13 @@ def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
 def run_stages(study_dir: str, results: str, command: str, max_runs: int | None) -> dict[str, Any]:
     """Run the three stages as far as they go in this call; return the last header."""
     budget = [max_runs]
+    earlier = read_results(results)
 
-    def execute(specs, stage, extra):
-        study = Study(study_dir, specs, results, header(command, stage, extra), TRACE, budget[0])
+    def execute(specs, stage, extra, keep=(), after_run=None):
+        study_header = header(command, stage, extra)
+        study = Study(study_dir, specs, results, study_header, TRACE, budget[0], print, keep, after_run)
         records = {record["run_id"]: record for record in study.run()}
+        extra.update({key: study_header[key] for key in extra})
         if budget[0] is not None:
             budget[0] = max(0, budget[0] - study.trained)
         return records
@@ -372,7 +427,7 @@ def run_stages(study_dir: str, results: str, command: str, max_runs: int | None)
     records = execute(pilot, "pilot", {})
     if any(records[spec.run_id]["status"] != OK for spec in pilot):
         return {"stage": "pilot"}
-    curve = validation_curve(os.path.join(study_dir, records["pilot/lsq_w2a2"]["workdir"]))
+    curve = pilot_curve(study_dir, records["pilot/lsq_w2a2"], earlier)
     epochs = qat_length(curve)
     extra = {"pilot": {"validation_by_epoch": curve, "qat_epochs": epochs}}
     print(f"[study_v2] pilot: validation by epoch {curve} -> QAT length {epochs} epochs")
@@ -386,9 +441,14 @@ def run_stages(study_dir: str, results: str, command: str, max_runs: int | None)
     print(f"[study_v2] tuning: {extra['tuning']}")
     grid = grid_stage(epochs, chosen)
     specs = merge(pilot, tuning, grid)
-    records = execute(specs, "grid", extra)
+    recorded = earlier.get("landscape", [])
+    extra["landscape"] = recorded
+
+    def add_landscapes(records):  # as soon as a seed's LSQ and FPQ runs are both in
+        return {"landscape": landscapes(study_dir, records, recorded)}
+
+    records = execute(specs, "grid", extra, landscape_checkpoints(specs, recorded), add_landscapes)
     finished = all(records[spec.run_id]["status"] == OK for spec in specs)
-    extra["landscape"] = landscapes(study_dir, records)
     execute(specs, "grid finished" if finished else "grid", extra)  # every record read back
     return {"stage": "grid finished" if finished else "grid", **extra}
 

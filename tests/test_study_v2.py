@@ -178,3 +178,25 @@ def test_landscape_slices_both_checkpoints_and_the_line_between_them(fp_digits_r
     assert item["line"]["losses"][alphas.index(1.0)] == pytest.approx(fpq_centre, rel=1e-4)
     again = study_v2.landscapes(str(tmp_path), records)  # read back from its cache
     assert again == out
+    # a fresh checkout: no workdir and no cache, the results file's landscape is taken as it is
+    assert study_v2.landscapes(str(tmp_path / "fresh"), records, out) == out
+
+
+def test_a_gone_pilot_workdir_takes_its_curve_from_the_results_file(tmp_path):
+    earlier = {"pilot": {"validation_by_epoch": [[1, 0.8], [2, 0.85], [3, 0.86]], "qat_epochs": 3}}
+    curve = study_v2.pilot_curve(str(tmp_path), {"workdir": "pilot/lsq_w2a2-0123456789"}, earlier)
+    assert curve == [(1, 0.8), (2, 0.85), (3, 0.86)] and study_v2.qat_length(curve) == 3
+
+
+def test_landscape_checkpoints_are_kept_until_their_landscape_is_recorded():
+    chosen = {("fpq", "csd_weight"): 1.0, ("cr", "ema_horizon_fraction"): 0.3}
+    chosen.update({("mec", "beta"): 10.0, ("dnq", "noise_scale"): 1.0})
+    specs = study_v2.merge(study_v2.pilot_stage(), study_v2.tuning_stage(5), study_v2.grid_stage(5, chosen))
+    hashes = study_v2.spec_hashes(specs)
+    needed = study_v2.landscape_checkpoints(specs, [])
+    assert len(needed) == 2 * study_v2.SEEDS and "seed0/fpq_w2a2_csd_weight1.0" in needed
+    recorded = [{"runs": [hashes["seed0/lsq_w2a2"], hashes["seed0/fpq_w2a2_csd_weight1.0"]]}]
+    assert study_v2.landscape_checkpoints(specs, recorded) == needed - {
+        "seed0/lsq_w2a2",
+        "seed0/fpq_w2a2_csd_weight1.0",
+    }

@@ -19,7 +19,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -82,6 +82,17 @@ def config_hash(config: ml_collections.ConfigDict, parent_hash: str | None = Non
         block.pop(leaf, None)
     text = json.dumps({"config": fields, "parent": parent_hash}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def spec_hashes(specs: list[RunSpec]) -> dict[str, str]:
+    """Every spec's :func:`config_hash` (its parent's hash included), in order; a parent must
+    come before the runs that start from it."""
+    hashes: dict[str, str] = {}
+    for spec in specs:
+        if spec.parent and spec.parent not in hashes:
+            raise ValueError(f"run {spec.run_id!r} starts from {spec.parent!r}, which is not before it")
+        hashes[spec.run_id] = config_hash(spec.config, hashes.get(spec.parent) if spec.parent else None)
+    return hashes
 
 
 def write_json(path: str, value: Any) -> None:
@@ -223,6 +234,12 @@ class Study:
 
     ``header`` is stored at the top of the results file (the study's settings);
     ``max_runs`` caps how many runs train in this call (the rest stay ``pending``).
+
+    A run whose workdir is gone (a fresh checkout) but whose complete record, with the same
+    config hash, is in the results file is taken from there and not trained again, unless a
+    later run that still has to execute starts from it or its id is in ``keep_checkpoints``:
+    then it trains again and its record says whether it reproduced the earlier accuracy.
+    ``after_run(records)`` is called after every run; the dict it returns updates the header.
     """
 
     def __init__(
@@ -234,6 +251,8 @@ class Study:
         trace_settings: TraceSettings,
         max_runs: int | None = None,
         log: Callable[[str], None] = print,
+        keep_checkpoints: Iterable[str] = (),
+        after_run: Callable[[dict[str, dict[str, Any]]], dict[str, Any] | None] | None = None,
     ):
         ids = [spec.run_id for spec in specs]
         if len(set(ids)) != len(ids):
@@ -245,9 +264,11 @@ class Study:
         self.trace_settings = trace_settings
         self.max_runs = max_runs
         self.log = log
+        self.after_run = after_run
         self.records: dict[str, dict[str, Any]] = {}
         self.earlier = self.read_earlier_records()
-        self.hashes: dict[str, str] = {}
+        self.hashes = spec_hashes(specs)
+        self.from_results_file = self.plan_reuse(set(keep_checkpoints))
         self.trained = 0
 
     def read_earlier_records(self) -> dict[str, dict[str, Any]]:
@@ -264,15 +285,48 @@ class Study:
     def run(self) -> list[dict[str, Any]]:
         """Execute or read back every spec; return the records (also written to the file)."""
         for spec in self.specs:
-            if spec.parent and spec.parent not in self.hashes:
-                raise ValueError(f"run {spec.run_id!r} starts from {spec.parent!r}, which is not before it")
-            parent_hash = self.hashes.get(spec.parent) if spec.parent else None
-            self.hashes[spec.run_id] = config_hash(spec.config, parent_hash)
             record = self.execute(spec)
             self.records[spec.run_id] = record
             self.log(f"[study] {spec.run_id}: {record['status']}" + self.describe(record))
+            if self.after_run is not None:
+                self.header.update(self.after_run(self.records) or {})
             self.save()
         return list(self.records.values())
+
+    @staticmethod
+    def analysis_keys(spec: RunSpec) -> list[str]:
+        """The measured analyses :meth:`complete_analyses` adds to ``spec``'s record (the
+        loss-term ratios, read from the metrics when the workdir is there, are not among them)."""
+        keys = ["trace"] * spec.trace + ["flatness"] * spec.flatness
+        return keys + ["bn_reestimated", "start"] * spec.qat_analyses + ["trajectory"] * spec.trajectory
+
+    def is_complete(self, spec: RunSpec, record: dict[str, Any] | None) -> bool:
+        """Whether ``record`` is a finished run of ``spec``'s config with every analysis."""
+        if not record or record.get("status") != OK or record.get("config_hash") != self.hashes[spec.run_id]:
+            return False
+        return all((record.get(key) or {}).get("status") == OK for key in self.analysis_keys(spec))
+
+    def plan_reuse(self, keep_checkpoints: set[str]) -> set[str]:
+        """The ids taken from the results file: complete there, finished in no workdir, and
+        neither in ``keep_checkpoints`` nor the start of a run that will execute."""
+        children: dict[str, list[str]] = {}
+        for spec in self.specs:
+            if spec.parent:
+                children.setdefault(spec.parent, []).append(spec.run_id)
+        executes: dict[str, bool] = {}
+        reuse = set()
+        for spec in reversed(self.specs):
+            here = self.read_finished(spec, self.workdir(spec))
+            starts = children.get(spec.run_id, [])
+            needed = spec.run_id in keep_checkpoints or any(executes[child] for child in starts)
+            if here is not None:
+                executes[spec.run_id] = not self.is_complete(spec, here)
+            elif self.is_complete(spec, self.earlier.get(spec.run_id)) and not needed:
+                reuse.add(spec.run_id)
+                executes[spec.run_id] = False
+            else:
+                executes[spec.run_id] = True
+        return reuse
 
     @staticmethod
     def describe(record: dict[str, Any]) -> str:
@@ -304,6 +358,9 @@ class Study:
         if finished is not None:
             self.log(f"[study] {spec.run_id}: finished earlier, read back from {workdir}")
             return self.complete_analyses(spec, finished, workdir)
+        if spec.run_id in self.from_results_file:
+            self.log(f"[study] {spec.run_id}: finished earlier, taken from {self.results_path}")
+            return {**self.earlier[spec.run_id], **record}
         parent = self.records.get(spec.parent) if spec.parent else None
         if parent is not None and parent["status"] != OK:
             status = PENDING if parent["status"] == PENDING else UNAVAILABLE
@@ -324,6 +381,10 @@ class Study:
         finally:
             jax.clear_caches()
         if record["status"] == OK:
+            earlier = self.earlier.get(spec.run_id)
+            if self.is_complete(spec, earlier) and spec.kind == "train":
+                record["reproduces_earlier_record"] = record["accuracy"] == earlier["accuracy"]
+                record["earlier_accuracy"] = earlier["accuracy"]
             record = self.complete_analyses(spec, record, workdir)
         return record
 
