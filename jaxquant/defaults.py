@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.curvature.num_probes = 10  # Hutchinson probes (analyse: the most it uses)
     config.curvature.chunk_size = 0  # probes per compiled chunk (0: 10 in a scan; 1 on CPU, jax#12868)
     config.curvature.tol = 1e-3  # analyse: stop once the running trace changes less (relative)
-    config.curvature.split = "train"  # train | test: where the fixed batches come from
+    config.curvature.split = "train"  # train | validation | test: where the fixed batches come from
     config.curvature.batch_size = 128
     config.curvature.num_batches = 1
     config.curvature.seed = 0  # fixes the batches, the probe vectors and the directions

@@ -66,3 +66,15 @@ def test_calibration_draws_are_distinct_and_draw_zero_is_the_run_seed():
         config.ptq.calibration_draw = draw
         seeds.add(calibration_seed(config))
     assert len(seeds) == 2 and 3 not in seeds
+
+
+def test_the_curvature_probe_can_read_validation_and_says_when_there_is_none():
+    from jaxquant.curvature.monitor import curvature_split
+
+    run = build_run(tiny_config(data__validation_images=200))
+    assert curvature_split(run, "validation") is run.validation_split
+    assert curvature_split(run, "train") is run.train_split and curvature_split(run, "test") is run.test_split
+    with pytest.raises(ValueError, match=r"curvature.split='validation' needs data.validation_images > 0"):
+        curvature_split(build_run(tiny_config()), "validation")
+    with pytest.raises(ValueError, match="curvature.split='dev' is not allowed"):
+        curvature_split(run, "dev")

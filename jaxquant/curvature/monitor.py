@@ -19,13 +19,16 @@ from jaxquant.curvature.hutchinson import hutchinson_trace
 from jaxquant.curvature.hvp import model_objective, partition
 from jaxquant.data import fixed_batches
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def curvature_split(run, split: str):
-    """The train or test split of ``run`` named by ``curvature.split``."""
+    """The train, validation or test split of ``run`` named by ``curvature.split``
+    (``validation`` needs ``data.validation_images > 0``)."""
     check_choice(split, SPLITS, "curvature.split")
-    return run.train_split if split == "train" else run.test_split
+    if split == "validation" and run.validation_split is None:
+        raise ValueError("curvature.split='validation' needs data.validation_images > 0")
+    return {"train": run.train_split, "validation": run.validation_split, "test": run.test_split}[split]
 
 
 class CurvatureMonitor:
