@@ -89,6 +89,7 @@ def synthetic():
                     dnq = {w: v + 0.01 + rng.normal(0, 0.002) for w, v in fp.items()}
                     runs.append(ptq(seed, "dnq", target, observer, draw, dnq))
     runs.append({**qat(0, "fpq", "W2A2", 0.5, 1.0), "group": "tuning", "run_id": "tune"})
+    runs[0].update(reproduces_earlier_record=True, earlier_accuracy=runs[0]["accuracy"])
     alphas = list(np.linspace(-1, 1, 5))
     landscape = [
         {
@@ -163,6 +164,9 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     )
     assert ", ".join(f"{100 * a:.2f}" for _, a in lsq) in text
     assert "csd 40" in text and "tr·‖W‖²" in text
+    first = synthetic["runs"][0]
+    assert "(a later run starts from them): 1; 1 of 1 reproduced" in text
+    assert f"`{first['run_id']}` {100 * first['accuracy']:.2f} → {100 * first['accuracy']:.2f}" in text
     assert (tmp_path / "figures" / "study_v2_landscape.png").stat().st_size > 0
     assert "](figures/study_v2_landscape.png)" in text
 

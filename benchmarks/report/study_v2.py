@@ -338,6 +338,22 @@ def cost_table(results) -> str:
     return "\n".join(lines)
 
 
+def retrained_text(results) -> str:
+    """Runs trained again because a later run needed their lost checkpoint, and whether each
+    reproduced the test accuracy recorded the first time (the check of bit-identical reruns)."""
+    again = [r for r in results.get("runs", []) if "reproduces_earlier_record" in r]
+    if not again:
+        return "No run was trained twice."
+    same = sum(bool(r["reproduces_earlier_record"]) for r in again)
+    rows = ", ".join(
+        f"`{r['run_id']}` {100 * r['earlier_accuracy']:.2f} → {100 * r['accuracy']:.2f}" for r in again
+    )
+    return (
+        f"Trained again after their workdir was lost (a later run starts from them): {len(again)}; "
+        f"{same} of {len(again)} reproduced their recorded test accuracy exactly: {rows}."
+    )
+
+
 def loss_term_table(results) -> str:
     """Each method's mean gradient-norm ratio of every regulariser to CE over its logged steps."""
     per = defaultdict(lambda: defaultdict(list))
@@ -517,6 +533,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "## Cost",
         "",
         cost_table(results),
+        "",
+        retrained_text(results),
         "",
     ]
     text = "\n".join(parts)
