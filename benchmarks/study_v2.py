@@ -230,13 +230,34 @@ def tuned_fields(method: str, chosen: dict) -> dict[str, Any]:
     return {field: value for (m, field), value in chosen.items() if m == method}
 
 
+SLICE_POINTS = 25  # 1-D slices: α in [−SLICE_RADIUS, SLICE_RADIUS]
+SLICE_RADIUS = 1.0
+LINE_MARGIN = 0.25  # the LSQ → FPQ line: α in [−margin, 1 + margin]
+LANDSCAPE_BITS = "W2A2"
+
+
 def grid_stage(epochs: int, chosen: dict, seeds: int = SEEDS) -> list[RunSpec]:
     """The protocol's §7 grid for every seed with the chosen [design] fields; the seed-0 run
-    of a tuned method at the tuning bits is its chosen candidate's run (same id, same config)."""
+    of a tuned method at the tuning bits is its chosen candidate's run (same id, same config).
+
+    Per seed: FP, then each DNQ network right after its PTQ runs' network, then the QAT runs,
+    the landscape's pair at ``LANDSCAPE_BITS`` first, so that a checkpoint trained again on a
+    fresh checkout is used before the working period can end."""
     specs = []
     for seed in range(seeds):
-        fp = fp_spec(seed)
-        specs.append(fp)
+        networks = [fp_spec(seed)]
+        for target in DNQ_TARGETS:
+            fields = {"target_bits": target, **tuned_fields("dnq", chosen)}
+            run_id = f"seed{seed}/dnq_t{target}"
+            if seed == TUNING_SEED and target == DNQ_TUNING_TARGET:
+                run_id = candidate_id("dnq", "noise_scale", fields["noise_scale"])
+            networks.append(fp_spec(seed, "dnq", fields, run_id))
+        for network in networks:
+            specs.append(network)
+            for observer in PTQ_OBSERVERS:
+                for draw in CALIBRATION_DRAWS:
+                    specs.append(ptq_spec(network, observer, draw))
+        qat = []
         for bits, runs in GRID.items():
             for label, method, fields in runs:
                 merged = {**tuned_fields(method, chosen), **fields}
@@ -244,19 +265,14 @@ def grid_stage(epochs: int, chosen: dict, seeds: int = SEEDS) -> list[RunSpec]:
                 if seed == TUNING_SEED and tuple(bits) == TUNING_BITS and not fields and merged:
                     ((field, value),) = merged.items()
                     run_id = candidate_id(method, field, value)
-                specs.append(qat_spec(seed, bits, label, method, merged, epochs, run_id=run_id))
-        networks = [fp]
-        for target in DNQ_TARGETS:
-            fields = {"target_bits": target, **tuned_fields("dnq", chosen)}
-            run_id = f"seed{seed}/dnq_t{target}"
-            if seed == TUNING_SEED and target == DNQ_TUNING_TARGET:
-                run_id = candidate_id("dnq", "noise_scale", fields["noise_scale"])
-            networks.append(fp_spec(seed, "dnq", fields, run_id))
-        specs += networks[1:]
-        for network in networks:
-            for observer in PTQ_OBSERVERS:
-                for draw in CALIBRATION_DRAWS:
-                    specs.append(ptq_spec(network, observer, draw))
+                qat.append(qat_spec(seed, bits, label, method, merged, epochs, run_id=run_id))
+        landscape_first = sorted(
+            qat,
+            key=lambda spec: (
+                spec.labels["bits"] != LANDSCAPE_BITS or spec.labels["method"] not in ("lsq", "fpq")
+            ),
+        )
+        specs += landscape_first
     return specs
 
 
@@ -271,12 +287,6 @@ def merge(*stages: list[RunSpec]) -> list[RunSpec]:
                 raise ValueError(f"run {spec.run_id!r} appears twice with different configs")
             out[spec.run_id] = spec
     return list(out.values())
-
-
-SLICE_POINTS = 25  # 1-D slices: α in [−SLICE_RADIUS, SLICE_RADIUS]
-SLICE_RADIUS = 1.0
-LINE_MARGIN = 0.25  # the LSQ → FPQ line: α in [−margin, 1 + margin]
-LANDSCAPE_BITS = "W2A2"
 
 
 def landscape_pair(records: dict[str, dict[str, Any]], seed: int) -> tuple[dict, dict] | None:

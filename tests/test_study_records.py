@@ -49,6 +49,12 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
     assert grown["fp"]["reproduces_earlier_record"] is True
     assert grown["fp"]["accuracy"] == first["fp"]["accuracy"] and grown["w4"] == first["w4"]
 
+    # A call over fewer specs (an earlier stage) keeps the other runs' records in the file.
+    run(tmp_path, ())
+    assert [r["run_id"] for r in json.loads((tmp_path / "results.json").read_text())["runs"]] == [
+        "fp", "w4", "w2"
+    ]  # fmt: skip
+
     # A checkpoint asked for (e.g. by a landscape) trains again even with nothing after it.
     shutil.rmtree(tmp_path / "runs")
     _, trained = run(tmp_path, ("w4", "w2"), keep=("w2",))

@@ -337,8 +337,12 @@ class Study:
         return ""
 
     def save(self) -> None:
+        """Write the header and the records: this call's specs in order, then the results
+        file's records of runs outside them (an earlier stage's call must not drop a later
+        stage's records, the only copy once the workdirs are gone)."""
         ids = [spec.run_id for spec in self.specs]
         known = [self.records.get(i) or self.earlier.get(i) for i in ids]
+        known += [record for run_id, record in self.earlier.items() if run_id not in set(ids)]
         write_json(self.results_path, {**self.header, "runs": [r for r in known if r is not None]})
 
     def base_record(self, spec: RunSpec) -> dict[str, Any]:
