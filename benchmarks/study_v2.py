@@ -17,10 +17,14 @@ executor of :mod:`jaxquant.study.runs` (a finished run is read back, a killed on
 A stage that cannot finish yet (``--max-runs`` reached, a run failed) ends the call; the
 records so far are in ``benchmarks/results/study_v2.json`` with ``"partial": true``.
 
-That file is committed, and it is what carries the study between working periods: on a fresh
-checkout (``runs/`` gone) a run with a complete record there is not trained again, unless a
-run still to execute starts from it, or its landscape (computed as soon as a seed's LSQ and
-FPQ runs at W2A2 are in) is not recorded yet. The pilot's curve comes from there too.
+That file is committed, and with the archived FP workdirs of the grid
+(``benchmarks/results/study_v2_checkpoints/``) it carries the study between working periods:
+on a fresh checkout (``runs/`` gone) a run with a complete record there is not trained again,
+unless a run still to execute starts from it, or its landscape (computed as soon as a seed's
+LSQ and FPQ runs at W2A2 are in) is not recorded yet. Training is bit-identical on one
+machine but not across machines, so every record holds the digest of the checkpoint it
+started from; a grid run whose parent was trained again to other weights trains again (the
+earlier record is kept under ``superseded_runs``). The pilot's curve comes from there too.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def ptq_spec(parent: RunSpec, observer: str, draw: int, bits=PTQ_BITS, group="pt
 def pilot_stage() -> list[RunSpec]:
     """The seed-0 FP run and the pilot: LSQ W2A2, PILOT_EPOCHS epochs, validation each epoch."""
     pilot = qat_spec(0, (2, 2), "lsq", "lsq", {}, PILOT_EPOCHS, group="pilot", run_id="pilot/lsq_w2a2")
-    pilot.trajectory = False
+    pilot.trajectory = pilot.paired = False
     return [fp_spec(0), pilot]
 
 
@@ -171,7 +175,7 @@ def qat_length(curve: list[tuple[int, float]]) -> int:
 
 
 def candidate_id(method: str, field: str, value) -> str:
-    """The run id of one tuning candidate; the grid's seed-0 run at the chosen value is that run."""
+    """The run id of one tuning candidate (the grid has its own seed-0 runs)."""
     if method == "dnq":
         return f"seed{TUNING_SEED}/dnq_t{DNQ_TUNING_TARGET}_{field}{value}"
     return f"seed{TUNING_SEED}/{method}_{bits_label(*TUNING_BITS).lower()}_{field}{value}"
@@ -198,6 +202,8 @@ def tuning_stage(epochs: int) -> list[RunSpec]:
                         TUNING_SEED, TUNING_BITS, method, method, {field: value}, epochs, "tuning", run_id
                     )
                 )
+    for spec in specs:  # a record of the choice: it stays valid whatever the seed's FP is now
+        spec.paired = False
     return specs
 
 
@@ -237,21 +243,20 @@ LANDSCAPE_BITS = "W2A2"
 
 
 def grid_stage(epochs: int, chosen: dict, seeds: int = SEEDS) -> list[RunSpec]:
-    """The protocol's §7 grid for every seed with the chosen [design] fields; the seed-0 run
-    of a tuned method at the tuning bits is its chosen candidate's run (same id, same config).
+    """The protocol's §7 grid for every seed with the chosen [design] fields. Its seed-0 runs
+    are not the tuning runs (protocol, change 3): every QAT run of a seed starts from the
+    seed's FP checkpoint of the grid, which is archived so that it survives the checkout.
 
-    Per seed: FP, then each DNQ network right after its PTQ runs' network, then the QAT runs,
-    the landscape's pair at ``LANDSCAPE_BITS`` first, so that a checkpoint trained again on a
+    Per seed: FP, then each network right before its PTQ runs, then the QAT runs, the
+    landscape's pair at ``LANDSCAPE_BITS`` first, so that a checkpoint trained again on a
     fresh checkout is used before the working period can end."""
     specs = []
     for seed in range(seeds):
         networks = [fp_spec(seed)]
+        networks[0].archive = True
         for target in DNQ_TARGETS:
             fields = {"target_bits": target, **tuned_fields("dnq", chosen)}
-            run_id = f"seed{seed}/dnq_t{target}"
-            if seed == TUNING_SEED and target == DNQ_TUNING_TARGET:
-                run_id = candidate_id("dnq", "noise_scale", fields["noise_scale"])
-            networks.append(fp_spec(seed, "dnq", fields, run_id))
+            networks.append(fp_spec(seed, "dnq", fields, f"seed{seed}/dnq_t{target}"))
         for network in networks:
             specs.append(network)
             for observer in PTQ_OBSERVERS:
@@ -261,11 +266,7 @@ def grid_stage(epochs: int, chosen: dict, seeds: int = SEEDS) -> list[RunSpec]:
         for bits, runs in GRID.items():
             for label, method, fields in runs:
                 merged = {**tuned_fields(method, chosen), **fields}
-                run_id = ""
-                if seed == TUNING_SEED and tuple(bits) == TUNING_BITS and not fields and merged:
-                    ((field, value),) = merged.items()
-                    run_id = candidate_id(method, field, value)
-                qat.append(qat_spec(seed, bits, label, method, merged, epochs, run_id=run_id))
+                qat.append(qat_spec(seed, bits, label, method, merged, epochs))
         landscape_first = sorted(
             qat,
             key=lambda spec: (
@@ -419,14 +420,19 @@ def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
     }
 
 
-def run_stages(study_dir: str, results: str, command: str, max_runs: int | None) -> dict[str, Any]:
-    """Run the three stages as far as they go in this call; return the last header."""
+def run_stages(
+    study_dir: str, results: str, command: str, max_runs: int | None, archive_dir: str | None = None
+) -> dict[str, Any]:
+    """Run the three stages as far as they go in this call (the grid's FP workdirs archived
+    under ``archive_dir``); return the last header."""
     budget = [max_runs]
     earlier = read_results(results)
 
     def execute(specs, stage, extra, keep=(), after_run=None):
         study_header = header(command, stage, extra)
-        study = Study(study_dir, specs, results, study_header, TRACE, budget[0], print, keep, after_run)
+        study = Study(
+            study_dir, specs, results, study_header, TRACE, budget[0], print, keep, after_run, archive_dir
+        )
         records = {record["run_id"]: record for record in study.run()}
         extra.update({key: study_header[key] for key in extra})
         if budget[0] is not None:
@@ -514,6 +520,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many runs")
     parser.add_argument("--measure-cost", action="store_true", help="project the grid from the runs so far")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the report from the JSON")
+    parser.add_argument(
+        "--archive-dir",
+        default=os.path.join(REPO, "benchmarks", "results", f"{STUDY}_checkpoints"),
+        help="where the grid's FP workdirs are archived (committed: later QAT runs start from them)",
+    )
     parser.add_argument("--report", default=os.path.join(REPO, "docs", "results_v2.md"))
     parser.add_argument("--figures", default=os.path.join(REPO, "docs", "figures"))
     args = parser.parse_args(argv)
@@ -525,7 +536,7 @@ def main(argv=None) -> int:
         return 0
     if not args.report_only:
         command = "python benchmarks/study_v2.py " + shlex.join(argv)
-        state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs)
+        state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs, args.archive_dir)
         print(f"[study_v2] stopped at stage {state['stage']!r}; results: {args.results}")
     elif not os.path.exists(args.results):
         print(f"study_v2: error: {args.results} does not exist: run the study first", file=sys.stderr)

@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import study_v2  # noqa: E402
 
 from jaxquant.methods import get_method  # noqa: E402
-from jaxquant.study.runs import config_hash  # noqa: E402
 
 with open(os.path.join(REPO, "docs", "study_protocol.md")) as f:
     PROTOCOL = f.read()
@@ -100,12 +99,25 @@ def test_the_grid_pairs_every_method_with_its_baseline_and_reuses_the_chosen_can
     grid = study_v2.grid_stage(3, chosen)
     specs = study_v2.merge(pilot, tuning, grid)
     by_id = {spec.run_id: spec for spec in specs}
-    # the seed-0 grid runs at the tuning bits are the chosen candidates' runs: nothing trains twice
-    assert by_id[study_v2.candidate_id("fpq", "csd_weight", 0.1)].labels["group"] == "qat"
-    assert by_id[study_v2.candidate_id("fpq", "csd_weight", 1.0)].labels["group"] == "tuning"
-    assert by_id[study_v2.candidate_id("dnq", "noise_scale", 0.5)].labels["group"] == "fp"
-    hashes = collections.Counter(config_hash(s.config, s.parent) for s in specs)
-    assert max(hashes.values()) == 1
+    # the grid has its own seed-0 runs (change 3): a chosen candidate's config runs again, in
+    # the grid, from the grid's seed-0 FP checkpoint; tuning runs are not paired with it
+    assert by_id[study_v2.candidate_id("fpq", "csd_weight", 0.1)].labels["group"] == "tuning"
+    tuning_ids = {s.run_id for s in tuning}
+    assert all(not by_id[i].paired for i in tuning_ids) and not by_id["pilot/lsq_w2a2"].paired
+    assert all(s.paired for s in grid) and [s.run_id for s in grid if s.archive] == [
+        f"seed{k}/fp" for k in range(study_v2.SEEDS)
+    ]
+    hashes = collections.defaultdict(set)
+    for run_id, digest in study_v2.spec_hashes(specs).items():
+        hashes[digest].add(run_id)
+    dnq = study_v2.candidate_id("dnq", "noise_scale", 0.5)
+    assert {frozenset(ids) for ids in hashes.values() if len(ids) > 1} == {
+        frozenset({"seed0/cr_w2a2", study_v2.candidate_id("cr", "ema_horizon_fraction", 0.1)}),
+        frozenset({"seed0/dnq_t4", dnq}),
+        frozenset({"seed0/dnq_t4/ptq_minmax_draw0", f"{dnq}/ptq_minmax_draw0"}),
+        frozenset({"seed0/fpq_w2a2", study_v2.candidate_id("fpq", "csd_weight", 0.1)}),
+        frozenset({"seed0/mec_w2a2", study_v2.candidate_id("mec", "beta", 1.0)}),
+    }
     qat = [s for s in specs if s.kind == "train" and s.labels["group"] == "qat"]
     cells = collections.Counter((s.labels["method"], s.labels["bits"]) for s in qat)
     assert set(cells.values()) == {study_v2.SEEDS} and len(cells) == 13
@@ -194,9 +206,9 @@ def test_landscape_checkpoints_are_kept_until_their_landscape_is_recorded():
     specs = study_v2.merge(study_v2.pilot_stage(), study_v2.tuning_stage(5), study_v2.grid_stage(5, chosen))
     hashes = study_v2.spec_hashes(specs)
     needed = study_v2.landscape_checkpoints(specs, [])
-    assert len(needed) == 2 * study_v2.SEEDS and "seed0/fpq_w2a2_csd_weight1.0" in needed
-    recorded = [{"runs": [hashes["seed0/lsq_w2a2"], hashes["seed0/fpq_w2a2_csd_weight1.0"]]}]
+    assert len(needed) == 2 * study_v2.SEEDS and "seed0/fpq_w2a2" in needed
+    recorded = [{"runs": [hashes["seed0/lsq_w2a2"], hashes["seed0/fpq_w2a2"]]}]
     assert study_v2.landscape_checkpoints(specs, recorded) == needed - {
         "seed0/lsq_w2a2",
-        "seed0/fpq_w2a2_csd_weight1.0",
+        "seed0/fpq_w2a2",
     }

@@ -90,6 +90,7 @@ def synthetic():
                     runs.append(ptq(seed, "dnq", target, observer, draw, dnq))
     runs.append({**qat(0, "fpq", "W2A2", 0.5, 1.0), "group": "tuning", "run_id": "tune"})
     runs[0].update(reproduces_earlier_record=True, earlier_accuracy=runs[0]["accuracy"])
+    superseded = [{**runs[0], "accuracy": 0.7}]
     alphas = list(np.linspace(-1, 1, 5))
     landscape = [
         {
@@ -107,6 +108,7 @@ def synthetic():
         "runs": runs,
         "machine": {"cpus": 2},
         "landscape": landscape,
+        "superseded_runs": superseded,
     }
 
 
@@ -166,6 +168,7 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     assert "csd 40" in text and "tr·‖W‖²" in text
     first = synthetic["runs"][0]
     assert "(a later run starts from them): 1; 1 of 1 reproduced" in text
+    assert f"`{first['run_id']}` (test 70.00 %)" in text
     assert f"`{first['run_id']}` {100 * first['accuracy']:.2f} → {100 * first['accuracy']:.2f}" in text
     assert (tmp_path / "figures" / "study_v2_landscape.png").stat().st_size > 0
     assert "](figures/study_v2_landscape.png)" in text

@@ -339,19 +339,28 @@ def cost_table(results) -> str:
 
 
 def retrained_text(results) -> str:
-    """Runs trained again because a later run needed their lost checkpoint, and whether each
-    reproduced the test accuracy recorded the first time (the check of bit-identical reruns)."""
+    """Runs trained again because a later run needed their lost checkpoint, whether each
+    reproduced the weights recorded the first time (the check of bit-identical reruns), and
+    the earlier records they superseded."""
     again = [r for r in results.get("runs", []) if "reproduces_earlier_record" in r]
-    if not again:
-        return "No run was trained twice."
-    same = sum(bool(r["reproduces_earlier_record"]) for r in again)
-    rows = ", ".join(
-        f"`{r['run_id']}` {100 * r['earlier_accuracy']:.2f} → {100 * r['accuracy']:.2f}" for r in again
-    )
-    return (
-        f"Trained again after their workdir was lost (a later run starts from them): {len(again)}; "
-        f"{same} of {len(again)} reproduced their recorded test accuracy exactly: {rows}."
-    )
+    superseded = results.get("superseded_runs", [])
+    lines = []
+    if again:
+        same = sum(bool(r["reproduces_earlier_record"]) for r in again)
+        rows = ", ".join(
+            f"`{r['run_id']}` {100 * r['earlier_accuracy']:.2f} → {100 * r['accuracy']:.2f}" for r in again
+        )
+        lines.append(
+            f"Trained again after their workdir was lost (a later run starts from them): {len(again)}; "
+            f"{same} of {len(again)} reproduced their recorded weights: {rows}."
+        )
+    if superseded:
+        rows = ", ".join(f"`{r['run_id']}` (test {100 * r['accuracy']:.2f} %)" for r in superseded)
+        lines.append(
+            "Superseded trainings (same config, other weights: training is bit-identical on one "
+            f"machine, not across machines; the tuning runs and the pilot started from these): {rows}."
+        )
+    return "\n\n".join(lines) or "No run was trained twice."
 
 
 def loss_term_table(results) -> str:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -54,6 +55,13 @@ class RunSpec:
     # the flatness record of the final checkpoint: trace, per-layer traces and kernel norms,
     # top eigenvalue (:func:`checkpoint_flatness`)
     flatness: bool = False
+    # compared with runs from the same parent: its record is valid only with the parent
+    # checkpoint it started from (``parent_digest``), so a parent trained again to another
+    # checkpoint makes it train again
+    paired: bool = True
+    # keep the finished workdir (final checkpoint) as a .tar.gz in the study's archive folder,
+    # restored on a checkout without it, so that its later runs start from the same weights
+    archive: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +101,43 @@ def spec_hashes(specs: list[RunSpec]) -> dict[str, str]:
             raise ValueError(f"run {spec.run_id!r} starts from {spec.parent!r}, which is not before it")
         hashes[spec.run_id] = config_hash(spec.config, hashes.get(spec.parent) if spec.parent else None)
     return hashes
+
+
+def checkpoint_digest(saved: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of a checkpoint's ``params`` and ``model_state`` (every
+    leaf's path, dtype, shape and bytes): which weights a run ended with, or started from."""
+    digest = hashlib.sha256()
+    tree = {"params": saved["params"], "model_state": saved.get("model_state", {})}
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda kv: str(kv[0])):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def archive_workdir(workdir: str, path: str) -> None:
+    """Write ``workdir`` (its final checkpoint only, no lock or event files) to the
+    ``.tar.gz`` ``path`` atomically, under the workdir's own name."""
+    import tarfile
+
+    from jaxquant.train.checkpoint import Checkpointer
+
+    final = str(Checkpointer(os.path.join(workdir, "checkpoints")).latest_step())
+    name = os.path.basename(workdir)
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = info.name.split("/")
+        if len(parts) >= 3 and parts[1] == "checkpoints" and parts[2] != final:
+            return None
+        if parts[-1].startswith((".jaxquant", "events.out.tfevents")):
+            return None
+        info.mtime = 0
+        return info
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tarfile.open(f"{path}.tmp", "w:gz") as tar:
+        tar.add(workdir, arcname=name, filter=keep)
+    os.replace(f"{path}.tmp", path)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -253,6 +298,7 @@ class Study:
         log: Callable[[str], None] = print,
         keep_checkpoints: Iterable[str] = (),
         after_run: Callable[[dict[str, dict[str, Any]]], dict[str, Any] | None] | None = None,
+        archive_dir: str | None = None,
     ):
         ids = [spec.run_id for spec in specs]
         if len(set(ids)) != len(ids):
@@ -265,19 +311,44 @@ class Study:
         self.max_runs = max_runs
         self.log = log
         self.after_run = after_run
+        self.archive_dir = archive_dir
         self.records: dict[str, dict[str, Any]] = {}
-        self.earlier = self.read_earlier_records()
+        self.earlier, self.superseded = self.read_earlier_records()
         self.hashes = spec_hashes(specs)
+        self.restore_archives()
         self.from_results_file = self.plan_reuse(set(keep_checkpoints))
         self.trained = 0
 
-    def read_earlier_records(self) -> dict[str, dict[str, Any]]:
+    def read_earlier_records(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         """The records of the last call's results file, kept for the runs this call has not
-        reached yet, so that a study killed early still reports everything known."""
+        reached yet, so that a study killed early still reports everything known; and its
+        ``superseded_runs``: earlier records of a run trained again to other weights."""
         if not os.path.exists(self.results_path):
-            return {}
+            return {}, []
         with open(self.results_path) as f:
-            return {record["run_id"]: record for record in json.load(f).get("runs", [])}
+            content = json.load(f)
+        records = {record["run_id"]: record for record in content.get("runs", [])}
+        return records, list(content.get("superseded_runs", []))
+
+    def archive_path(self, spec: RunSpec) -> str | None:
+        if not (self.archive_dir and spec.archive):
+            return None
+        name = f"{spec.run_id}-{self.hashes[spec.run_id]}".replace("/", "_")
+        return os.path.join(self.archive_dir, f"{name}.tar.gz")
+
+    def restore_archives(self) -> None:
+        """Unpack the archived workdir of every archived spec whose workdir is not finished here."""
+        import tarfile
+
+        for spec in self.specs:
+            path = self.archive_path(spec)
+            workdir = self.workdir(spec)
+            if path and os.path.exists(path) and self.read_finished(spec, workdir) is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+                os.makedirs(os.path.dirname(workdir), exist_ok=True)
+                with tarfile.open(path) as tar:
+                    tar.extractall(os.path.dirname(workdir), filter="data")
+                self.log(f"[study] {spec.run_id}: workdir restored from {path}")
 
     def workdir(self, spec: RunSpec) -> str:
         return os.path.join(self.study_dir, f"{spec.run_id}-{self.hashes[spec.run_id]}")
@@ -306,6 +377,17 @@ class Study:
             return False
         return all((record.get(key) or {}).get("status") == OK for key in self.analysis_keys(spec))
 
+    def is_reusable(
+        self, spec: RunSpec, record: dict[str, Any] | None, parent: dict[str, Any] | None
+    ) -> bool:
+        """Complete, and for a paired run, started from the checkpoint ``parent`` ended with."""
+        if not self.is_complete(spec, record):
+            return False
+        if not (spec.paired and spec.parent):
+            return True
+        started_from = record.get("parent_digest")
+        return started_from is not None and started_from == (parent or {}).get("checkpoint_digest")
+
     def plan_reuse(self, keep_checkpoints: set[str]) -> set[str]:
         """The ids taken from the results file: complete there, finished in no workdir, and
         neither in ``keep_checkpoints`` nor the start of a run that will execute."""
@@ -313,15 +395,17 @@ class Study:
         for spec in self.specs:
             if spec.parent:
                 children.setdefault(spec.parent, []).append(spec.run_id)
+        here = {spec.run_id: self.read_finished(spec, self.workdir(spec)) for spec in self.specs}
+        current = {run_id: record or self.earlier.get(run_id) for run_id, record in here.items()}
         executes: dict[str, bool] = {}
         reuse = set()
         for spec in reversed(self.specs):
-            here = self.read_finished(spec, self.workdir(spec))
             starts = children.get(spec.run_id, [])
             needed = spec.run_id in keep_checkpoints or any(executes[child] for child in starts)
-            if here is not None:
-                executes[spec.run_id] = not self.is_complete(spec, here)
-            elif self.is_complete(spec, self.earlier.get(spec.run_id)) and not needed:
+            parent = current.get(spec.parent) if spec.parent else None
+            if here[spec.run_id] is not None:
+                executes[spec.run_id] = not self.is_complete(spec, here[spec.run_id])
+            elif self.is_reusable(spec, self.earlier.get(spec.run_id), parent) and not needed:
                 reuse.add(spec.run_id)
                 executes[spec.run_id] = False
             else:
@@ -343,7 +427,10 @@ class Study:
         ids = [spec.run_id for spec in self.specs]
         known = [self.records.get(i) or self.earlier.get(i) for i in ids]
         known += [record for run_id, record in self.earlier.items() if run_id not in set(ids)]
-        write_json(self.results_path, {**self.header, "runs": [r for r in known if r is not None]})
+        content = {**self.header, "runs": [r for r in known if r is not None]}
+        if self.superseded:
+            content["superseded_runs"] = self.superseded
+        write_json(self.results_path, content)
 
     def base_record(self, spec: RunSpec) -> dict[str, Any]:
         return {
@@ -361,10 +448,13 @@ class Study:
         finished = self.read_finished(spec, workdir)
         if finished is not None:
             self.log(f"[study] {spec.run_id}: finished earlier, read back from {workdir}")
-            return self.complete_analyses(spec, finished, workdir)
+            return self.keep_archive(spec, self.complete_analyses(spec, finished, workdir), workdir)
+        parent_now = self.records.get(spec.parent) if spec.parent else None
         if spec.run_id in self.from_results_file:
-            self.log(f"[study] {spec.run_id}: finished earlier, taken from {self.results_path}")
-            return {**self.earlier[spec.run_id], **record}
+            if self.is_reusable(spec, self.earlier[spec.run_id], parent_now):
+                self.log(f"[study] {spec.run_id}: finished earlier, taken from {self.results_path}")
+                return {**self.earlier[spec.run_id], **record}
+            self.log(f"[study] {spec.run_id}: its parent was trained again to other weights; training again")
         parent = self.records.get(spec.parent) if spec.parent else None
         if parent is not None and parent["status"] != OK:
             status = PENDING if parent["status"] == PENDING else UNAVAILABLE
@@ -386,10 +476,24 @@ class Study:
             jax.clear_caches()
         if record["status"] == OK:
             earlier = self.earlier.get(spec.run_id)
-            if self.is_complete(spec, earlier) and spec.kind == "train":
-                record["reproduces_earlier_record"] = record["accuracy"] == earlier["accuracy"]
-                record["earlier_accuracy"] = earlier["accuracy"]
             record = self.complete_analyses(spec, record, workdir)
+            if self.is_complete(spec, earlier) and spec.kind == "train":
+                same = record["accuracy"] == earlier["accuracy"]
+                if earlier.get("checkpoint_digest"):
+                    same = record["checkpoint_digest"] == earlier["checkpoint_digest"]
+                record.update(reproduces_earlier_record=same, earlier_accuracy=earlier["accuracy"])
+                if not same and earlier not in self.superseded:
+                    self.superseded.append(earlier)
+                write_json(os.path.join(workdir, RESULT_FILE), record)
+            record = self.keep_archive(spec, record, workdir)
+        return record
+
+    def keep_archive(self, spec: RunSpec, record: dict[str, Any], workdir: str) -> dict[str, Any]:
+        """Archive a finished run's workdir (:func:`archive_workdir`) if its spec asks for it."""
+        path = self.archive_path(spec)
+        if path and record.get("status") == OK and not os.path.exists(path):
+            archive_workdir(workdir, path)
+            self.log(f"[study] {spec.run_id}: workdir archived in {path}")
         return record
 
     def read_finished(self, spec: RunSpec, workdir: str) -> dict[str, Any] | None:
@@ -425,6 +529,8 @@ class Study:
         if os.path.isdir(os.path.join(workdir, "checkpoints")) and spec.kind == "train":
             resumed_from = Checkpointer(os.path.join(workdir, "checkpoints")).latest_step()
         self.log(f"[study] {spec.run_id}: running in {workdir}")
+        if spec.parent:
+            fields["parent_digest"] = self.records[spec.parent].get("checkpoint_digest")
         start = time.time()
         summary = run_mode(config, workdir)
         fields["wall_time_s"] = time.time() - start
@@ -470,5 +576,9 @@ class Study:
             record["loss_terms"] = adapters.read_loss_term_ratios(workdir)
         if spec.trajectory and "trajectory" not in record:
             record["trajectory"] = adapters.read_trace_trajectory(workdir)
+        if spec.kind == "train" and "checkpoint_digest" not in record:
+            record["checkpoint_digest"] = checkpoint_digest(finished.saved)
+        if spec.parent and record.get("parent_digest") is None:  # trained here, from this parent
+            record["parent_digest"] = self.records[spec.parent].get("checkpoint_digest")
         write_json(os.path.join(workdir, RESULT_FILE), record)
         return record
