@@ -400,6 +400,19 @@ def pilot_curve(study_dir: str, record: dict[str, Any], earlier: dict[str, Any])
     return [tuple(point) for point in earlier["pilot"]["validation_by_epoch"]]
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name and a digest of its feature flags (XLA's CPU kernels depend on them)."""
+    import hashlib
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in f)}
+    except OSError:
+        return platform.processor() or None
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:8]
+    return f"{fields.get('model name', '')} (flags {flags})"
+
+
 def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
     return {
         "study": STUDY,
@@ -407,7 +420,12 @@ def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
         "stage": stage,
         "partial": stage != "grid finished",
         "command": command,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "accelerator": None},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "platform": platform.platform(),
+            "accelerator": None,
+        },
         "settings": {
             "seeds": SEEDS,
             "validation_images": VALIDATION_IMAGES,

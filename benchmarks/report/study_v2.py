@@ -473,7 +473,9 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         f"Status: {status} (stage `{results.get('stage')}`). Protocol: "
         "[study_protocol.md](study_protocol.md). Generated from `benchmarks/results/study_v2.json` by "
         "`python benchmarks/study_v2.py --report-only`. Machine: "
-        f"{results.get('machine', {}).get('cpus')} CPU cores ({results.get('machine', {}).get('platform')}); "
+        f"{results.get('machine', {}).get('cpus')} CPU cores ({results.get('machine', {}).get('platform')}"
+        + (f", {results['machine']['cpu_model']}" if results.get("machine", {}).get("cpu_model") else "")
+        + "); "
         "every number was produced on it (no accelerator).",
         "",
         "## Pilot (QAT length)",
