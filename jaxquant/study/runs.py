@@ -283,7 +283,10 @@ class Study:
     A run whose workdir is gone (a fresh checkout) but whose complete record, with the same
     config hash, is in the results file is taken from there and not trained again, unless a
     later run that still has to execute starts from it or its id is in ``keep_checkpoints``:
-    then it trains again and its record says whether it reproduced the earlier accuracy.
+    then it trains again and its record says whether it reproduced the earlier weights (the
+    earlier record goes to ``superseded_runs`` when not). A paired run's record holds the
+    digest of the checkpoint it started from and is valid only while its parent has it. A
+    spec with ``archive`` keeps its finished workdir in ``archive_dir``, restored when gone.
     ``after_run(records)`` is called after every run; the dict it returns updates the header.
     """
 
@@ -449,13 +452,13 @@ class Study:
         if finished is not None:
             self.log(f"[study] {spec.run_id}: finished earlier, read back from {workdir}")
             return self.keep_archive(spec, self.complete_analyses(spec, finished, workdir), workdir)
-        parent_now = self.records.get(spec.parent) if spec.parent else None
+        parent = self.records.get(spec.parent) if spec.parent else None
         if spec.run_id in self.from_results_file:
-            if self.is_reusable(spec, self.earlier[spec.run_id], parent_now):
+            if self.is_reusable(spec, self.earlier[spec.run_id], parent):
                 self.log(f"[study] {spec.run_id}: finished earlier, taken from {self.results_path}")
                 return {**self.earlier[spec.run_id], **record}
-            self.log(f"[study] {spec.run_id}: its parent was trained again to other weights; training again")
-        parent = self.records.get(spec.parent) if spec.parent else None
+            if parent is not None and parent["status"] == OK:
+                self.log(f"[study] {spec.run_id}: its parent now has other weights; training again")
         if parent is not None and parent["status"] != OK:
             status = PENDING if parent["status"] == PENDING else UNAVAILABLE
             return {
