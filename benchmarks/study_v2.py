@@ -520,12 +520,30 @@ def measure_cost(results: str) -> dict[str, Any]:
     tuning = sum(epochs * epoch_cost(m) * len(o) for (m, _), (_, o) in TUNED_FIELDS.items() if m != "dnq")
     tuning += fp_epochs * dnq
     total = SEEDS * sum(per_seed.values()) + tuning
+    ptq_cost = per_seed["ptq"] / (3 * len(PTQ_OBSERVERS) * len(CALIBRATION_DRAWS))
+    done = {"fp": 0, "dnq": 0, "qat": 0, "ptq": 0}
+    grid_cost_done = 0.0
+    for r in runs:
+        if r.get("group") == "qat":
+            done["qat"] += 1
+            grid_cost_done += epochs * epoch_cost(r["method"])
+        elif r.get("group") == "fp":
+            done[r["method"]] += 1
+            grid_cost_done += fp_epochs * (measured["fp"] if r["method"] == "fp" else dnq)
+        elif r.get("group") == "ptq":
+            done["ptq"] += 1
+            grid_cost_done += ptq_cost
+    remaining = SEEDS * sum(per_seed.values()) - grid_cost_done
+    if "chosen" not in content.get("tuning", {}):
+        remaining += tuning
     return {
         "measured_s_per_epoch": measured,
         "qat_epochs": epochs,
         "per_seed_s": per_seed,
         "tuning_s": tuning,
         "total_h": total / 3600,
+        "grid_runs_done": done,
+        "remaining_h": remaining / 3600,
         "note": "wall-clock on this machine, traces and evaluations included in the measured runs",
     }
 

@@ -212,3 +212,28 @@ def test_landscape_checkpoints_are_kept_until_their_landscape_is_recorded():
         "seed0/lsq_w2a2",
         "seed0/fpq_w2a2",
     }
+
+
+def test_measure_cost_projects_the_grid_and_what_remains(tmp_path):
+    import json
+
+    steps = study_v2.STEPS_PER_EPOCH
+
+    def train(run_id, group, method, epochs, seconds):
+        return dict(run_id=run_id, kind="train", group=group, method=method, status="ok",
+                    steps=epochs * steps, wall_time_s=seconds)  # fmt: skip
+
+    runs = [
+        train("seed0/fp", "fp", "fp", 10, 1000.0),  # 100 s per epoch
+        train("pilot/lsq_w2a2", "pilot", "lsq", 6, 1200.0),  # 200 s per epoch
+        train("seed0/lsq_w2a2", "qat", "lsq", 5, 1000.0),
+        dict(run_id="seed0/fp/ptq_minmax_draw0", kind="ptq", group="ptq", status="ok", wall_time_s=60.0),
+    ]
+    path = tmp_path / "study_v2.json"
+    path.write_text(json.dumps({"runs": runs, "pilot": {"qat_epochs": 5}, "tuning": {"chosen": {}}}))
+    cost = study_v2.measure_cost(str(path))
+    assert cost["measured_s_per_epoch"]["fp"] == 100.0 and cost["measured_s_per_epoch"]["lsq"] == 200.0
+    assert cost["per_seed_s"]["fp"] == 1000.0 and cost["per_seed_s"]["ptq"] == 18 * 60.0
+    assert cost["grid_runs_done"] == {"fp": 1, "dnq": 0, "qat": 1, "ptq": 1}
+    grid_h = study_v2.SEEDS * sum(cost["per_seed_s"].values()) / 3600
+    assert cost["remaining_h"] == pytest.approx(grid_h - (1000.0 + 5 * 200.0 + 60.0) / 3600)
