@@ -174,6 +174,17 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     assert "](figures/study_v2_landscape.png)" in text
 
 
+def test_provenance_counts_runs_that_started_from_their_parent_s_weights():
+    fp = {"run_id": "seed0/fp", "status": "ok", "group": "fp", "checkpoint_digest": "a"}
+    same = {"run_id": "seed0/lsq", "status": "ok", "group": "qat", "parent": "seed0/fp", "parent_digest": "a"}
+    other = {**same, "run_id": "seed0/fpq", "parent_digest": "b"}
+    unknown = {**same, "run_id": "seed0/cr", "parent_digest": None}
+    tuning = {**other, "run_id": "tune", "group": "tuning"}  # not a grid run
+    text = report.provenance_text({"runs": [fp, same, other, unknown, tuning]})
+    assert text.startswith("Provenance: 1 of 3 grid runs") and "Not: `seed0/fpq`, `seed0/cr`." in text
+    assert report.provenance_text({"runs": [fp, same]}).endswith("(digests of the weights).")
+
+
 def test_report_only_regenerates_from_the_json(synthetic, tmp_path):
     results = tmp_path / "study_v2.json"
     results.write_text(json.dumps(synthetic))

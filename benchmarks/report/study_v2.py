@@ -363,6 +363,26 @@ def retrained_text(results) -> str:
     return "\n\n".join(lines) or "No run was trained twice."
 
 
+def provenance_text(results) -> str:
+    """How many grid runs with a parent hold the digest of the checkpoint their parent's
+    record ended with (every QAT run of a seed from the same FP weights), and which do not."""
+    by_id = {r["run_id"]: r for r in results.get("runs", [])}
+    children = [r for r in grid_records(results) if r.get("parent")]
+    if not children:
+        return "_no grid run with a parent yet_"
+    unmatched = [
+        r["run_id"]
+        for r in children
+        if r.get("parent_digest") is None
+        or r["parent_digest"] != by_id.get(r["parent"], {}).get("checkpoint_digest")
+    ]
+    text = (
+        f"Provenance: {len(children) - len(unmatched)} of {len(children)} grid runs started from "
+        "the checkpoint their parent's record ended with (digests of the weights)."
+    )
+    return text + (f" Not: {', '.join(f'`{i}`' for i in unmatched)}." if unmatched else "")
+
+
 def loss_term_table(results) -> str:
     """Each method's mean gradient-norm ratio of every regulariser to CE over its logged steps."""
     per = defaultdict(lambda: defaultdict(list))
@@ -546,6 +566,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         cost_table(results),
         "",
         retrained_text(results),
+        "",
+        provenance_text(results),
         "",
     ]
     text = "\n".join(parts)
