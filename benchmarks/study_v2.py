@@ -362,12 +362,19 @@ def landscape(
 def landscapes(
     study_dir: str, records: dict[str, dict[str, Any]], earlier: list[dict] = ()
 ) -> list[dict[str, Any]]:
-    """:func:`landscape` of every seed whose LSQ and FPQ runs at ``LANDSCAPE_BITS`` finished."""
+    """:func:`landscape` of every seed whose LSQ and FPQ runs at ``LANDSCAPE_BITS`` finished;
+    one that fails is left out (and tried again on the next call), the runs are kept."""
+    import traceback
+
     out = []
     for seed in range(SEEDS):
         pair = landscape_pair(records, seed)
-        if pair is not None:
+        if pair is None:
+            continue
+        try:
             out.append(landscape(study_dir, *pair, seed, earlier))
+        except Exception:  # noqa: BLE001 - an analysis must not end the study
+            traceback.print_exc()
     return out
 
 
