@@ -237,3 +237,16 @@ def test_measure_cost_projects_the_grid_and_what_remains(tmp_path):
     assert cost["grid_runs_done"] == {"fp": 1, "dnq": 0, "qat": 1, "ptq": 1}
     grid_h = study_v2.SEEDS * sum(cost["per_seed_s"].values()) / 3600
     assert cost["remaining_h"] == pytest.approx(grid_h - (1000.0 + 5 * 200.0 + 60.0) / 3600)
+
+
+def test_a_failed_landscape_is_left_out_and_does_not_end_the_study(monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(study_v2, "landscape", broken)
+    records = {
+        method: {"status": "ok", "group": "qat", "bits": "W2A2", "seed": 0, "method": method}
+        for method in ("lsq", "fpq")
+    }
+    assert study_v2.landscapes("unused", records) == []
+    assert "RuntimeError: out of memory" in capsys.readouterr().err
