@@ -42,10 +42,12 @@ VARIANTS = {
 
 
 def method_config(fields, init_from):
-    # lr 0.005: FPQ's CSD gradients on the small 8-bit LSQ steps of the first conv make
-    # larger rates overshoot on this tiny net (see README).
+    # lr 0.005, and 0.001 for FPQ: FPQ's CSD gradients on the small 8-bit LSQ steps of the
+    # first conv make larger rates overshoot on this tiny net (see README); at 0.005 its loss
+    # on the fixed batch rose (1.88 → 3.53) on one of the machines the suite ran on.
+    learning_rate = 0.001 if fields["name"] == "fpq" else 0.005
     config = tiny_config(
-        init_from=init_from, train__num_steps=STEPS, data__crop_padding=1, optim__learning_rate=0.005
+        init_from=init_from, train__num_steps=STEPS, data__crop_padding=1, optim__learning_rate=learning_rate
     )
     for key, value in fields.items():
         config.method[key] = value
