@@ -498,8 +498,7 @@ def measure_cost(results: str) -> dict[str, Any]:
     """Project the grid's wall-clock from the runs measured so far: the seed-0 FP run's
     seconds per epoch and each method's seconds per epoch where it has run, else LSQ's
     scaled by the train-step benchmark's ratio (benchmarks/README.md)."""
-    with open(results) as f:
-        content = json.load(f)
+    content = read_results(results)
     runs = [r for r in content["runs"] if r.get("status") == OK and r.get("wall_time_s")]
     per_epoch: dict[str, list[float]] = {}
     for r in runs:
@@ -584,8 +583,7 @@ def main(argv=None) -> int:
     elif not os.path.exists(args.results):
         print(f"study_v2: error: {args.results} does not exist: run the study first", file=sys.stderr)
         return 2
-    with open(args.results) as f:
-        write_v2_report(json.load(f), args.report, args.figures)
+    write_v2_report(read_results(args.results), args.report, args.figures)
     print(f"[study_v2] report: {args.report}")
     return 0
 
