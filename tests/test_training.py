@@ -12,12 +12,14 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from tensorboard.backend.event_processing import event_accumulator
 
 from jaxquant.data.pipeline import TrainBatches
 from jaxquant.models import forward
 from jaxquant.objectives.classification import cross_entropy
 from jaxquant.train.checkpoint import Checkpointer, load_raw
 from jaxquant.train.loop import NonFiniteLossError, all_finite, make_train_step, train_and_evaluate
+from jaxquant.train.metrics import read_metrics
 from jaxquant.train.setup import build_run, create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,9 +62,25 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(method):
         assert steps_after and all(not np.array_equal(v, params_before[k]) for k, v in steps_after.items())
 
 
+def logged_points(workdir: str) -> tuple[list, dict]:
+    """The records of ``metrics.jsonl`` without their wall time and rate, and TensorBoard's view
+    of the workdir's event files: ``{tag: [(step, value), ...]}`` after its orphan purge."""
+    timed = ("time", "steps_per_sec")
+    records = [
+        {k: v for k, v in r.items() if k not in timed} for r in read_metrics(f"{workdir}/metrics.jsonl")
+    ]
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.SCALARS: 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["scalars"] if tag != "train/steps_per_sec"]
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+    return records, scalars
+
+
 def test_resume_from_a_checkpoint_gives_exactly_the_uninterrupted_run(tmp_path):
     """Training 8 steps in one go equals training 4, stopping, and resuming to 8, bit for bit:
-    batches, augmentation and noise are pure functions of (seed, step)."""
+    batches, augmentation and noise are pure functions of (seed, step). The resumed run's
+    metrics hold each step once, as the uninterrupted run's do, in the JSON lines and in
+    TensorBoard (whose older event file still holds the first step 8)."""
     config = tiny_config(
         method__name="lsq",
         train__num_steps=8,
@@ -75,10 +93,15 @@ def test_resume_from_a_checkpoint_gives_exactly_the_uninterrupted_run(tmp_path):
     train_and_evaluate(config, workdir)
     step, uninterrupted = load_raw(workdir)
     assert step == 8
+    records, scalars = logged_points(workdir)
+    assert {r["step"] for r in records} == {4, 8}
     shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))  # as if killed between 4 and 8
+    time.sleep(1)  # the event file's name holds the second it was made in
     summary = train_and_evaluate(config, workdir)
     step, resumed = load_raw(workdir)
     assert step == summary["steps"] == 8
+    assert len([f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]) == 2
+    assert logged_points(workdir) == (records, scalars)
     expected, got = leaves_by_path(uninterrupted), leaves_by_path(resumed)
     assert expected.keys() == got.keys()
     for key, value in expected.items():

@@ -222,6 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if resumed:
         print(f"[{config.name}] resumed from step {int(state.step)} in {checkpointer.directory}")
     start_step = int(state.step)
+    metrics.discard_after(start_step)
     curvature_monitor = CurvatureMonitor(run, state.params, metrics)
 
     train_step = make_train_step(run, run.state_sharding(state))
