@@ -18,8 +18,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 import pytest  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
 from jaxquant.defaults import get_config  # noqa: E402
+
+
+def read_events(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard's view of the event files in ``workdir`` (after its orphan purge):
+    ``{tag: [(step, value), ...]}``."""
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.SCALARS: 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def tiny_config(**overrides):

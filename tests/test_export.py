@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import tiny_config
-from tensorboard.backend.event_processing import event_accumulator
+from conftest import read_events, tiny_config
 
 from jaxquant import parallel
 from jaxquant.export import run_export
@@ -179,12 +178,6 @@ def test_bad_input_is_one_error_line_and_changes_nothing(fp_digits_run, lsq_run,
         assert cases[name][1] in lines[0], (name, lines[0])
         assert tree_hash(cases[name][0]) == before[name]
         assert not os.path.exists(tmp_path / "out" / name / MANIFEST_FILE)
-
-
-def read_events(workdir: str) -> dict[str, list[tuple[int, float]]]:
-    events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.SCALARS: 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_tensorboard_events_hold_every_scalar_of_metrics_jsonl(lsq_run):

@@ -11,8 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
-from tensorboard.backend.event_processing import event_accumulator
+from conftest import read_events, tiny_config
 
 from jaxquant.data.pipeline import TrainBatches
 from jaxquant.models import forward
@@ -69,10 +68,7 @@ def logged_points(workdir: str) -> tuple[list, dict]:
     records = [
         {k: v for k, v in r.items() if k not in timed} for r in read_metrics(f"{workdir}/metrics.jsonl")
     ]
-    events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.SCALARS: 0})
-    events.Reload()
-    tags = [tag for tag in events.Tags()["scalars"] if tag != "train/steps_per_sec"]
-    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+    scalars = {tag: points for tag, points in read_events(workdir).items() if tag != "train/steps_per_sec"}
     return records, scalars
 
 

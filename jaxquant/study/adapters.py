@@ -176,7 +176,7 @@ def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int,
 def read_trace_trajectory(workdir: str) -> dict[str, Any]:
     """``{"status": "ok", "steps": [...], "values": [...]}`` from the records of kind
     ``"curvature"`` (value under ``"trace"``) in ``<workdir>/metrics.jsonl``; where a step is
-    there twice (a run resumed before the loop discarded its orphan records), the last wins."""
+    there twice (a file written before resumed runs dropped their orphan records), the last wins."""
     by_step = {}
     for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
         if record.get("kind") == CURVATURE_KIND and "trace" in record:

@@ -53,29 +53,30 @@ class TensorBoardWriter:
 
     def write(self, kind: str, step: int, wall_time: float, values: dict[str, Any]) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        if self.writer is None:
-            self.writer = EventFileWriter(self.logdir)
         summary = summary_pb2.Summary(
             value=[
                 summary_pb2.Summary.Value(tag=tag, simple_value=value)
                 for tag, value in scalar_tags(kind, values).items()
             ]
         )
-        self.writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
-        self.writer.flush()
+        self.add(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
 
     def restart_at(self, step: int) -> None:
         """A session-start event at ``step``: TensorBoard then drops the events of step
         ``step`` and later that earlier event files in ``logdir`` hold (its orphan purge)."""
         from tensorboard.compat.proto import event_pb2
+
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self.add(event_pb2.Event(wall_time=time.time(), step=int(step), session_log=start))
+
+    def add(self, event) -> None:
+        """Append ``event`` to this writer's event file (opened at the first event) and flush."""
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         if self.writer is None:
             self.writer = EventFileWriter(self.logdir)
-        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-        self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), session_log=start))
+        self.writer.add_event(event)
         self.writer.flush()
 
     def close(self) -> None:
@@ -107,26 +108,25 @@ class MetricsWriter:
             fields = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
             self.events.write(kind, record["step"], record["time"], fields)
 
-    def discard_after(self, step: int) -> int:
-        """Drop the records of steps after ``step`` and return how many there were.
+    def discard_after(self, step: int) -> None:
+        """Drop the records of steps after ``step``.
 
         A run killed after its checkpoint at ``step`` had logged later steps, and resuming
         from that checkpoint logs them again: without this, ``metrics.jsonl`` and TensorBoard
         would hold those steps twice. The file is rewritten atomically; TensorBoard gets a
         session-start event at ``step + 1``, which hides the older event files' later points."""
         if not self.enabled or not os.path.exists(self.path):
-            return 0
+            return
         records = read_metrics(self.path)
         kept = [record for record in records if int(record["step"]) <= step]
         if len(kept) == len(records):
-            return 0
+            return
         partial = self.path + ".tmp"
         with open(partial, "w") as f:
             f.writelines(json.dumps(record) + "\n" for record in kept)
         os.replace(partial, self.path)
         if self.events is not None:
             self.events.restart_at(step + 1)
-        return len(records) - len(kept)
 
     def close(self) -> None:
         if self.events is not None:
