@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce.py                       # the whole grid on Fashion-MNIST (~3.7 CPU-h)
     python benchmarks/reproduce.py --quick               # 1 seed, W2A2 only, short runs (~7 min)
+    python benchmarks/reproduce.py --quick --methods lsq,cr  # the quick grid, two QAT methods only
     python benchmarks/reproduce.py --report-only         # regenerate docs/ from the results JSON
     python benchmarks/reproduce.py --measure-cost        # time one FP and one LSQ epoch, project the grid
 
@@ -140,11 +141,21 @@ QUICK = {
 
 
 def study_settings(
-    dataset: str, quick: bool, seeds: int | None = None, fp_steps: int = -1, qat_steps: int = -1
+    dataset: str,
+    quick: bool,
+    seeds: int | None = None,
+    fp_steps: int = -1,
+    qat_steps: int = -1,
+    methods: tuple[str, ...] | None = None,
 ) -> StudySettings:
-    """The grid for ``dataset``; ``quick`` is the 1-seed W2A2 subset with short runs."""
+    """The grid for ``dataset``; ``quick`` is the 1-seed W2A2 subset with short runs;
+    ``methods`` keeps only these QAT methods (default: all of ``QAT_METHODS``)."""
     if dataset not in PRESETS:
         raise ValueError(f"--dataset={dataset!r} is not allowed: choose one of {sorted(PRESETS)}")
+    unknown = sorted(set(methods or ()) - set(QAT_METHODS))
+    if unknown or methods == ():
+        allowed = ", ".join(QAT_METHODS)
+        raise ValueError(f"--methods={','.join(methods)!r} is not allowed: choose from {allowed}")
     preset = dict(PRESETS[dataset])
     fields = dict(
         seeds=3,
@@ -173,8 +184,8 @@ def study_settings(
     return StudySettings(
         dataset=dataset,
         quick=quick,
-        qat_methods=QAT_METHODS,
-        trajectory_methods=TRAJECTORY_METHODS,
+        qat_methods=tuple(m for m in QAT_METHODS if methods is None or m in methods),
+        trajectory_methods=tuple(m for m in TRAJECTORY_METHODS if methods is None or m in methods),
         ptq_bits=PTQ_BITS,
         **fields,
         **preset,
@@ -430,6 +441,12 @@ def parse_args(argv):
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(PRESETS))
     parser.add_argument("--quick", action="store_true", help="1 seed, W2A2 only, short runs")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
+    parser.add_argument(
+        "--methods",
+        type=lambda text: tuple(text.split(",")) if text else (),
+        default=None,
+        help=f"comma-separated QAT methods of the grid (default all: {','.join(QAT_METHODS)})",
+    )
     parser.add_argument("--fp-steps", type=int, default=-1, help="FP/DNQ training steps instead of epochs")
     parser.add_argument("--qat-steps", type=int, default=-1, help="QAT steps instead of epochs")
     parser.add_argument("--study-dir", default=None, help="run workdirs (default runs/study/<study>)")
@@ -454,7 +471,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        settings = study_settings(args.dataset, args.quick, args.seeds, args.fp_steps, args.qat_steps)
+        settings = study_settings(
+            args.dataset, args.quick, args.seeds, args.fp_steps, args.qat_steps, args.methods
+        )
     except ValueError as error:
         print(f"reproduce: error: {error}", file=sys.stderr)
         return 2

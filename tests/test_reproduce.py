@@ -162,6 +162,10 @@ def test_unknown_dataset_and_bad_seeds_are_one_line_errors():
         reproduce.study_settings("cifar10", quick=False)
     with pytest.raises(ValueError, match="--seeds=0"):
         reproduce.study_settings("digits", quick=True, seeds=0)
+    with pytest.raises(ValueError, match="--methods='lsq,fqp' is not allowed: choose from lsq, pact"):
+        reproduce.study_settings("digits", quick=True, methods=("lsq", "fqp"))
+    kept = reproduce.study_settings("digits", quick=True, methods=("cr", "lsq"))
+    assert kept.qat_methods == ("lsq", "cr") and kept.trajectory_methods == ("lsq", "cr")
 
 
 # ---------------------------------------------------------------- adapters
@@ -472,7 +476,7 @@ def test_hessian_trace_adapter_with_the_real_estimator(fp_digits_run):
 
 def study_args(tmp_path, *extra):
     return [
-        "--dataset", "digits", "--quick", "--fp-steps", "30", "--qat-steps", "8",
+        "--dataset", "digits", "--quick", "--fp-steps", "30", "--qat-steps", "8", "--methods", "lsq,cr",
         "--study-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results.json"),
         "--report", str(tmp_path / "docs" / "results.md"), "--figures", str(tmp_path / "docs" / "figures"),
         *extra,
