@@ -185,6 +185,18 @@ def test_read_trace_trajectory_sorts_steps_and_keeps_the_last_record(tmp_path):
     assert empty["status"] == "unavailable"
 
 
+def test_loss_term_ratios_are_the_mean_over_steps_each_counted_once(tmp_path):
+    lines = [
+        {"kind": "train", "step": 10, "grad_ratio_csd": 2.0, "loss": 1.0},
+        {"kind": "train", "step": 20, "grad_ratio_csd": 6.0},
+        {"kind": "eval", "step": 20, "grad_ratio_csd": 100.0},
+        {"kind": "train", "step": 20, "grad_ratio_csd": 4.0},  # logged again after a resume
+        {"kind": "train", "step": 30, "loss": 0.5},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert adapters.read_loss_term_ratios(str(tmp_path)) == {"status": "ok", "mean_grad_ratio": {"csd": 3.0}}
+
+
 def test_ptq_adapter_config_and_report(tmp_path):
     source = reproduce.base_config(reproduce.study_settings("digits", True), 0)
     config = adapters.ptq_config(source, "/runs/fp", [8, 4, 3])

@@ -189,11 +189,21 @@ def read_trace_trajectory(workdir: str) -> dict[str, Any]:
 
 def read_loss_term_ratios(workdir: str) -> dict[str, Any]:
     """``{"status": "ok", "mean_grad_ratio": {term: mean}}``: the mean over the logged training
-    steps of every ``grad_ratio_<term>`` (``‖∇ term‖ / ‖∇ CE‖``) in ``<workdir>/metrics.jsonl``."""
-    values: dict[str, list[float]] = {}
+    steps of every ``grad_ratio_<term>`` (``‖∇ term‖ / ‖∇ CE‖``) in ``<workdir>/metrics.jsonl``;
+    where a step is there twice (a file written before resumed runs dropped their orphan
+    records), the last wins, so that no step counts twice."""
+    by_step: dict[int, dict[str, float]] = {}
     for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
         if record.get("kind") == "train":
-            for key, value in record.items():
-                if key.startswith("grad_ratio_"):
-                    values.setdefault(key.removeprefix("grad_ratio_"), []).append(float(value))
+            ratios = {
+                k.removeprefix("grad_ratio_"): float(v)
+                for k, v in record.items()
+                if k.startswith("grad_ratio_")
+            }
+            if ratios:
+                by_step[int(record["step"])] = ratios
+    values: dict[str, list[float]] = {}
+    for ratios in by_step.values():
+        for term, value in ratios.items():
+            values.setdefault(term, []).append(value)
     return {"status": OK, "mean_grad_ratio": {term: sum(v) / len(v) for term, v in values.items()}}
