@@ -166,12 +166,44 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     )
     assert ", ".join(f"{100 * a:.2f}" for _, a in lsq) in text
     assert "csd 40" in text and "tr·‖W‖²" in text
+    for bits, labels in report.LAYER_TABLES:  # a per-layer table for each trace claim's pair
+        table = text.split(f"\n{bits}:\n\n")[1].split("\n\n")[0]
+        assert table.startswith(f"| layer | {labels[0]}: tr / ‖W‖² / tr·‖W‖² |") and "| conv1 | " in table
     first = synthetic["runs"][0]
     assert "(a later run starts from them): 1; 1 of 1 reproduced" in text
     assert f"`{first['run_id']}` (test 70.00 %)" in text
     assert f"`{first['run_id']}` {100 * first['accuracy']:.2f} → {100 * first['accuracy']:.2f}" in text
     assert (tmp_path / "figures" / "study_v2_landscape.png").stat().st_size > 0
     assert "](figures/study_v2_landscape.png)" in text
+
+
+def test_summary_lists_every_claim_under_its_verdict(synthetic):
+    outcomes = report.evaluate_claims(report.grid_records(synthetic))
+    summary = report.summary_text(outcomes, partial=False)
+    first, second = summary.split("\n")
+    assert first.startswith("**Summary** (5 seeds;")
+    for o in outcomes:
+        line = first if o.verdict.startswith("reproduced") else second
+        assert f"{o.claim.id} {o.claim.text} at {o.claim.bits} (" in line
+    lsq = report.values_by_seed(report.grid_records(synthetic), "log_trace", "lsq", "W2A2")
+    fpq = report.values_by_seed(report.grid_records(synthetic), "log_trace", "fpq", "W2A2")
+    ratio = np.exp(np.mean([fpq[s] - lsq[s] for s in SEEDS]))
+    assert f"1d FPQ's trace is lower at W2A2 ({100 * (ratio - 1):+.0f} % trace)" in summary
+    assert "PARTIAL, 5 seed(s) so far, no conclusion" in report.summary_text(outcomes, partial=True)
+
+
+def test_readme_quotes_the_committed_study_s_summary():
+    """The README's summary is the report's, word for word, once the grid is finished; until
+    then the README says the study is running."""
+    with open(os.path.join(REPO, "benchmarks", "results", "study_v2.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    if results["partial"]:
+        assert "It is still running" in readme and "docs/results_v2.md" in readme
+    else:
+        outcomes = report.evaluate_claims(report.grid_records(results))
+        assert " ".join(report.summary_text(outcomes, partial=False).split()) in readme
 
 
 def test_provenance_counts_runs_that_started_from_their_parent_s_weights():

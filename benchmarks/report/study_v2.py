@@ -213,6 +213,39 @@ def claims_table(outcomes: list[ClaimOutcome]) -> str:
     return "\n".join(lines)
 
 
+def effect_text(outcome: ClaimOutcome) -> str:
+    """The claim's mean paired difference in the metric's own sign: ``+2.14 pt`` of accuracy,
+    or the trace's change ``exp(mean log ratio) − 1`` in per cent (``-83 % trace``)."""
+    mean = outcome.claim.direction * outcome.test.interval.mean
+    if outcome.claim.metric == "log_trace":
+        return f"{100 * math.expm1(mean):+.0f} % trace"
+    return f"{100 * mean:+.2f} pt"
+
+
+def summary_text(outcomes: list[ClaimOutcome], partial: bool) -> str:
+    """The report's two-line summary, which the README quotes word for word: line 1 the
+    reproduced claims, line 2 the others, each claim with its mean paired difference."""
+    seeds = max((len(o.seeds) for o in outcomes), default=0)
+    grouped = defaultdict(list)
+    for o in outcomes:
+        grouped[o.verdict].append(
+            f"{o.claim.id} {o.claim.text} at {o.claim.bits} ({effect_text(o)})"
+            if o.test
+            else f"{o.claim.id} {o.claim.text} at {o.claim.bits} (no paired runs)"
+        )
+
+    def listed(verdict: str) -> str:
+        return "; ".join(grouped[verdict]) or "none"
+
+    head = f"PARTIAL, {seeds} seed(s) so far, no conclusion" if partial else f"{seeds} seeds"
+    return (
+        f"**Summary** ({head}; Holm within each paper, δ = {100 * ACCURACY_DELTA:.1f} points or 10 % of a "
+        f"trace). Reproduced: {listed(stats.REPRODUCED)}; reproduced with an effect below δ: "
+        f"{listed(stats.REPRODUCED_BELOW_DELTA)}.\n"
+        f"Not reproduced: {listed(stats.NOT_REPRODUCED)}. Inconclusive: {listed(stats.INCONCLUSIVE)}."
+    )
+
+
 def mean_std_text(values: list[float], factor: float = 100.0) -> str:
     if not values:
         return "–"
@@ -294,14 +327,22 @@ def flatness_table(records) -> str:
     return "\n".join(lines)
 
 
+# (bits, runs) of the per-layer tables: the pairs of the trace claims 1c, 1d, 4c and 4d
+LAYER_TABLES = (("W2A4", ("lsq", "fpq")), ("W2A2", ("lsq", "fpq")), ("FP", ("fp", "dnq_t4", "dnq_t3")))
+
+
 def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
-    """Per layer at ``bits``: trace, ``‖W‖²`` and ``tr·‖W‖²`` (means over seeds) of ``labels``."""
+    """Per layer at ``bits``: trace, ``‖W‖²`` and ``tr·‖W‖²`` (means over seeds) of ``labels``
+    (QAT methods, or the FP-recipe networks of :func:`network_label` at ``bits="FP"``)."""
     per = defaultdict(lambda: defaultdict(list))
     for r in records:
-        if r["kind"] == "train" and r["group"] == "qat" and r["bits"] == bits and r["method"] in labels:
+        if r["kind"] != "train" or r["group"] not in ("qat", "fp") or r["bits"] != bits:
+            continue
+        label = network_label(r) if r["group"] == "fp" else r["method"]
+        if label in labels:
             for layer, values in ((r.get("flatness") or {}).get("layers") or {}).items():
                 if "kernel_norm_sq" in values:
-                    per[layer][r["method"]].append(values)
+                    per[layer][label].append(values)
     if not per:
         return "_no per-layer records yet_"
     header = "| layer | " + " | ".join(f"{m}: tr / ‖W‖² / tr·‖W‖²" for m in labels) + " |"
@@ -498,6 +539,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         + "); "
         "every number was produced on it (no accelerator).",
         "",
+        summary_text(outcomes, results.get("partial", True)),
+        "",
         "## Pilot (QAT length)",
         "",
         "LSQ W2A2, seed 0, validation accuracy after BN re-estimation by epoch: "
@@ -545,9 +588,11 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "",
         flatness_table(records),
         "",
-        "Per layer at W2A2 (a Conv→BN layer's loss is invariant to its kernel's scale, so compare tr·‖W‖²):",
+        "Per layer (a Conv→BN layer's loss is invariant to its kernel's scale, so compare tr·‖W‖²; "
+        "under QAT only approximately, since a weight quantizer's step does not scale with the kernel), "
+        "mean over seeds:",
         "",
-        layer_table(records),
+        "\n\n".join(f"{bits}:\n\n{layer_table(records, bits, labels)}" for bits, labels in LAYER_TABLES),
         "",
         f"![trace trajectories]({os.path.relpath(trajectory, os.path.dirname(md_path))})"
         if trajectory
