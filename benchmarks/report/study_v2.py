@@ -503,15 +503,17 @@ def plot_landscape(results, path: str) -> str | None:
         left.plot(alphas, mean, label=name)
         left.fill_between(alphas, [m - s for m, s in zip(mean, std, strict=True)],
                           [m + s for m, s in zip(mean, std, strict=True)], alpha=0.25)  # fmt: skip
-    left.set(xlabel="α (filter-normalised direction)", ylabel="training loss", title="1-D slices at W2A2")
+    left.set(
+        xlabel="α (filter-normalised direction)",
+        ylabel="training loss",
+        title=f"1-D slices at W2A2 (n={len(items)})",
+    )
     left.legend()
     lines = [item["line"]["losses"] for item in items]
     line_mean = [stats.mean_std(list(column))[0] for column in zip(*lines, strict=True)]
     line_std = [stats.mean_std(list(column))[1] or 0.0 for column in zip(*lines, strict=True)]
     right.errorbar(items[0]["line"]["alphas"], line_mean, yerr=line_std, marker=".", capsize=2)
-    right.set(
-        xlabel="α (0: LSQ, 1: FPQ)", ylabel="training loss", title=f"LSQ → FPQ line (n={len(items)} seeds)"
-    )
+    right.set(xlabel="α (0: LSQ, 1: FPQ)", ylabel="training loss", title=f"LSQ → FPQ line (n={len(items)})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
