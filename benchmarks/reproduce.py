@@ -16,7 +16,7 @@ one method's [design] fields (reported, never in a verdict). Every grid point is
 ``jaxquant.modes.run_mode`` in its own workdir under ``--study-dir`` (see
 ``jaxquant.study.runs``): a finished run is read back, an interrupted one resumes, a method or
 mode this checkout lacks is recorded as ``unavailable``. Results go to
-``benchmarks/results/<study>.json``, the report to ``docs/results.md`` (Fashion-MNIST, full
+``benchmarks/results/<study>.json``, the report to ``docs/results_v1.md`` (Fashion-MNIST, full
 grid) or ``docs/results_<study>.md``, its plots to ``docs/figures/``.
 """
 
@@ -310,7 +310,7 @@ def study_grid(settings: StudySettings) -> list[RunSpec]:
 
 def default_paths(settings: StudySettings) -> dict[str, str]:
     """Where a study writes: runs, results JSON, report, figures."""
-    report = "results.md" if settings.name == "fashion_mnist" else f"results_{settings.name}.md"
+    report = "results_v1.md" if settings.name == "fashion_mnist" else f"results_{settings.name}.md"
     return {
         "study_dir": os.path.join(REPO, "runs", "study", settings.name),
         "results": os.path.join(REPO, "benchmarks", "results", f"{settings.name}.json"),

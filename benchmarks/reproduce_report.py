@@ -2,7 +2,7 @@
 
 The report itself is the package :mod:`report` next to this file (claims, statistics, plots,
 markdown; both callers put ``benchmarks/`` on ``sys.path``): ``write_report`` writes
-``docs/results.md`` and its figures from the results JSON.
+``docs/results_v1.md`` and its figures from the results JSON.
 """
 
 from report import bits_label, write_report

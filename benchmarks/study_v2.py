@@ -567,7 +567,7 @@ def main(argv=None) -> int:
         default=os.path.join(REPO, "benchmarks", "results", f"{STUDY}_checkpoints"),
         help="where the grid's FP workdirs are archived (committed: later QAT runs start from them)",
     )
-    parser.add_argument("--report", default=os.path.join(REPO, "docs", "results_v2.md"))
+    parser.add_argument("--report", default=os.path.join(REPO, "docs", "results.md"))
     parser.add_argument("--figures", default=os.path.join(REPO, "docs", "figures"))
     args = parser.parse_args(argv)
     if args.measure_cost:

@@ -155,7 +155,7 @@ def test_claim_rows_match_scipy_and_holm(synthetic):
 
 
 def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
-    text = report.write_v2_report(synthetic, str(tmp_path / "results_v2.md"), str(tmp_path / "figures"))
+    text = report.write_v2_report(synthetic, str(tmp_path / "results.md"), str(tmp_path / "figures"))
     headings = ["## Pilot", "## Tuning", "## FP-recipe networks", "## Claims", "## QAT accuracy"]
     headings += ["## PTQ accuracy", "## Flatness", "## Loss terms", "## Cost"]
     for heading in headings:
@@ -200,7 +200,7 @@ def test_readme_quotes_the_committed_study_s_summary():
     with open(os.path.join(REPO, "README.md")) as f:
         readme = " ".join(f.read().split())
     if results["partial"]:
-        assert "It is still running" in readme and "docs/results_v2.md" in readme
+        assert "It is still running" in readme and "docs/results.md" in readme
     else:
         outcomes = report.evaluate_claims(report.grid_records(results))
         assert " ".join(report.summary_text(outcomes, partial=False).split()) in readme

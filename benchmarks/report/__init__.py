@@ -1,7 +1,7 @@
 """The report of the reproduction study, generated only from the results JSON.
 
 ``write_report(results, md_path, figure_dir, source)`` turns the records written by
-``benchmarks/reproduce.py`` into ``docs/results.md`` (tables of mean ± std over seeds, a
+``benchmarks/reproduce.py`` into ``docs/results_v1.md`` (tables of mean ± std over seeds, a
 verdict per claim of methods.md §6) and PNG plots. Every number in the markdown is computed
 here from the records, nothing else. Modules: :mod:`.claims` (what each claim compares, the
 verdict rows), :mod:`.statistics` (per-seed values, pairing, minimal effects, number text),
