@@ -166,6 +166,11 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     )
     assert ", ".join(f"{100 * a:.2f}" for _, a in lsq) in text
     assert "csd 40" in text and "tr·‖W‖²" in text
+    fp4 = report.values_by_seed(report.grid_records(synthetic), "ptq@4", "fp", "PTQ")
+    assert "| fp | minmax | W4A4 | " in text and ", ".join(f"{100 * fp4[s]:.2f}" for s in SEEDS) in text
+    lsq_traces = [r["flatness"]["value"] for r in sorted(synthetic["runs"], key=lambda r: r["seed"])
+                  if r["group"] == "qat" and r["method"] == "lsq" and r["bits"] == "W2A2"]  # fmt: skip
+    assert "| " + ", ".join(f"{t:.0f}" for t in lsq_traces) + " |" in text
     for bits, labels in report.LAYER_TABLES:  # a per-layer table for each trace claim's pair
         table = text.split(f"\n{bits}:\n\n")[1].split("\n\n")[0]
         assert table.startswith(f"| layer | {labels[0]}: tr / ‖W‖² / tr·‖W‖² |") and "| conv1 | " in table

@@ -306,23 +306,48 @@ def ptq_table(records, widths=("8", "6", "4", "3")) -> str:
     return "\n".join(lines)
 
 
+def ptq_seed_table(records, widths=("8", "6", "4", "3")) -> str:
+    """The per-seed values behind :func:`ptq_table`: each seed's mean over calibration draws."""
+    networks = sorted({network_label(r) for r in records if r["kind"] == "ptq"})
+    observers = sorted({r.get("observer") for r in records if r["kind"] == "ptq"})
+    lines = [
+        "| network | observer | bits | test accuracy % (mean ± std) | per seed (mean over draws) | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for network in networks:
+        for observer in observers:
+            for width in widths:
+                by_seed = values_by_seed(records, f"ptq@{width}", network, "PTQ", observer)
+                if not by_seed:
+                    continue
+                seeds = sorted(by_seed)
+                per_seed = ", ".join(f"{100 * by_seed[s]:.2f}" for s in seeds)
+                summary = mean_std_text([by_seed[s] for s in seeds])
+                row = [network, observer, f"W{width}A{width}", summary, per_seed, str(len(seeds))]
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def flatness_table(records) -> str:
-    """Per run group: the final trace (mean ± std over seeds, with the mean probe stderr) and
-    the top eigenvalue."""
+    """Per run group: the final trace (mean ± std over seeds, the per-seed values, the mean
+    probe stderr) and the top eigenvalue."""
     groups = defaultdict(list)
     for r in records:
         if r["kind"] == "train" and flatness_value(r) is not None:
             label = network_label(r) if r["group"] == "fp" else r["method"]
-            groups[(r["bits"], label)].append(r["flatness"])
+            groups[(r["bits"], label)].append((r["seed"], r["flatness"]))
     lines = [
-        "| bits | run | trace (mean ± std) | mean probe stderr | top eigenvalue | n |",
-        "|---|---|---|---|---|---|",
+        "| bits | run | trace (mean ± std) | per seed | mean probe stderr | top eigenvalue | n |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (bits, label), items in sorted(groups.items()):
+    for (bits, label), pairs in sorted(groups.items()):
+        items = [f for _, f in sorted(pairs, key=lambda pair: pair[0])]
         traces = [f["value"] for f in items]
+        per_seed = ", ".join(f"{t:.0f}" for t in traces)
         stderr = sum(f["stderr"] for f in items) / len(items)
         eigen = [f["top_eigenvalue"] for f in items if "top_eigenvalue" in f]
-        cells = [bits, label, mean_std_text(traces, 1.0), f"{stderr:.2f}", mean_std_text(eigen, 1.0)]
+        summary = mean_std_text(traces, 1.0)
+        cells = [bits, label, summary, per_seed, f"{stderr:.2f}", mean_std_text(eigen, 1.0)]
         lines.append("| " + " | ".join([*cells, str(len(items))]) + " |")
     return "\n".join(lines)
 
@@ -585,6 +610,10 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "## PTQ accuracy",
         "",
         ptq_table(records),
+        "",
+        "Per seed:",
+        "",
+        ptq_seed_table(records),
         "",
         "## Flatness",
         "",
