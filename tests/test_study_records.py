@@ -23,10 +23,12 @@ def specs(children: tuple[str, ...], archive: bool = False) -> list[RunSpec]:
     return out
 
 
-def run(tmp_path, children, keep=(), archive=False):
+def run(tmp_path, children, keep=(), archive=False, lines=None):
     trained = []
 
     def log(line):
+        if lines is not None:
+            lines.append(line)
         if ": running in " in line:
             trained.append(line.split(":")[0].removeprefix("[study] "))
 
@@ -48,7 +50,10 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
 
     # A fresh checkout: no workdir, the results file is there. Nothing trains.
     shutil.rmtree(tmp_path / "runs")
-    again, trained = run(tmp_path, ("w4",))
+    lines = []
+    again, trained = run(tmp_path, ("w4",), lines=lines)
+    status_lines = [line for line in lines if line.endswith(" of 2]")]
+    assert [line.rsplit(" [", 1)[1] for line in status_lines] == ["1 of 2]", "2 of 2]"]  # progress
     assert trained == [] and not (tmp_path / "runs").exists()
     assert again == first
 

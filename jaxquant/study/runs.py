@@ -358,10 +358,11 @@ class Study:
 
     def run(self) -> list[dict[str, Any]]:
         """Execute or read back every spec; return the records (also written to the file)."""
-        for spec in self.specs:
+        for position, spec in enumerate(self.specs, start=1):
             record = self.execute(spec)
             self.records[spec.run_id] = record
-            self.log(f"[study] {spec.run_id}: {record['status']}" + self.describe(record))
+            progress = f" [{position} of {len(self.specs)}]"
+            self.log(f"[study] {spec.run_id}: {record['status']}" + self.describe(record) + progress)
             if self.after_run is not None:
                 self.header.update(self.after_run(self.records) or {})
             self.save()
