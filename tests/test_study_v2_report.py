@@ -180,6 +180,9 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     assert f"`{first['run_id']}` {100 * first['accuracy']:.2f} → {100 * first['accuracy']:.2f}" in text
     assert (tmp_path / "figures" / "study_v2_landscape.png").stat().st_size > 0
     assert "](figures/study_v2_landscape.png)" in text
+    assert (tmp_path / "figures" / "study_v2_claims.png").stat().st_size > 0
+    assert "](figures/study_v2_claims.png)" in text
+    assert report.plot_claims([], str(tmp_path / "none.png")) is None
 
 
 def test_summary_lists_every_claim_under_its_verdict(synthetic):

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,6 +43,7 @@ class ClaimV2:
     bits: str
     direction: int
     paper: str
+    paper_effect: float | None = None  # the paper's number, in points, where it gives one
 
     @property
     def delta(self) -> float:
@@ -49,8 +51,12 @@ class ClaimV2:
 
 
 CLAIMS_V2 = (
-    ClaimV2("1a", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A4", 1, "+1.56 (88.36 → 89.92)"),
-    ClaimV2("1b", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A2", 1, "+0.51 (87.60 → 88.11)"),
+    ClaimV2(
+        "1a", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A4", 1, "+1.56 (88.36 → 89.92)", 1.56
+    ),
+    ClaimV2(
+        "1b", "F1 FPQ", "FPQ beats LSQ", "accuracy", "fpq", "lsq", "W2A2", 1, "+0.51 (87.60 → 88.11)", 0.51
+    ),
     ClaimV2(
         "1c",
         "F1 FPQ",
@@ -73,8 +79,12 @@ CLAIMS_V2 = (
         -1,
         "clearly lower (Fig. 5)",
     ),
-    ClaimV2("2a", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A4", 1, "+3.79 (bits not stated)"),
-    ClaimV2("2b", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A2", 1, "+3.79 (bits not stated)"),
+    ClaimV2(
+        "2a", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A4", 1, "+3.79 (bits not stated)", 3.79
+    ),
+    ClaimV2(
+        "2b", "F2 CR", "CR beats LSQ", "accuracy", "cr", "lsq", "W2A2", 1, "+3.79 (bits not stated)", 3.79
+    ),
     ClaimV2(
         "3a", "F3 MEC", "MEC-Quant beats LSQ", "accuracy", "mec", "lsq", "W2A2", 1, "reaches FP (no numbers)"
     ),
@@ -489,6 +499,68 @@ def tuning_runs_table(results) -> str:
     return "\n".join(lines) if len(lines) > 2 else "_no tuning run has finished yet_"
 
 
+VERDICT_COLOURS = {
+    stats.REPRODUCED: "tab:green",
+    stats.REPRODUCED_BELOW_DELTA: "tab:olive",
+    stats.NOT_REPRODUCED: "tab:red",
+    stats.INCONCLUSIVE: "tab:gray",
+}
+
+
+def plot_claims(outcomes: list[ClaimOutcome], path: str) -> str | None:
+    """The claims as a forest plot: each claim's mean paired difference with its 95 % interval
+    (a dot where n < 2), coloured by verdict, beside 0, δ and the paper's effect. Accuracy
+    claims in points (method − baseline); trace claims as the ratio of traces, exp(mean ln)."""
+    tested = [o for o in outcomes if o.test is not None]
+    if not tested:
+        return None
+    panels = [
+        [o for o in tested if o.claim.metric != "log_trace"],
+        [o for o in tested if o.claim.metric == "log_trace"],
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    for ax, members, is_trace in zip(axes, panels, (False, True), strict=True):
+        for row, o in enumerate(members):
+            interval, sign = o.test.interval, o.claim.direction
+
+            def shown(value, is_trace=is_trace, sign=sign):
+                return math.exp(sign * value) if is_trace else 100 * sign * value
+
+            colour = VERDICT_COLOURS.get(o.verdict, "black")
+            if interval.low is not None:
+                low, high = sorted((shown(interval.low), shown(interval.high)))
+                ax.plot([low, high], [row, row], color=colour, linewidth=2)
+            ax.plot(shown(interval.mean), row, "o", color=colour)
+            if o.claim.paper_effect is not None:
+                ax.plot(o.claim.paper_effect, row, "x", color="black")
+        labels = [f"{o.claim.id} {o.claim.bits} (n={len(o.seeds)})" for o in members]
+        ax.set_yticks(range(len(members)), labels)
+        ax.invert_yaxis()
+        if is_trace:
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.axvline(0.9, color="black", linestyle="--", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set(
+                xlabel="trace ratio method / baseline (dashed: −10 %)",
+                title="Trace claims (lower is claimed)",
+            )
+        else:
+            ax.axvline(0.0, color="black", linewidth=0.8)
+            ax.axvline(100 * ACCURACY_DELTA, color="black", linestyle="--", linewidth=0.8)
+            ax.set(xlabel="method − baseline, points (dashed: δ; ×: paper)", title="Accuracy claims")
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", linewidth=2, label=v) for v, c in VERDICT_COLOURS.items()
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_trajectories(results, path: str, bits: str = "W2A2") -> str | None:
     """Trace during QAT (mean ± std over seeds at each logged step) per trajectory method."""
     series = defaultdict(lambda: defaultdict(list))
@@ -545,12 +617,20 @@ def plot_landscape(results, path: str) -> str | None:
     return path
 
 
+def image_line(alt: str, figure: str | None, md_path: str, missing: str) -> str:
+    """A markdown image of ``figure`` relative to the report, or ``_alt: missing_`` without one."""
+    if figure is None:
+        return f"_{alt}: {missing}_"
+    return f"![{alt}]({os.path.relpath(figure, os.path.dirname(md_path))})"
+
+
 def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> str:
     """Write the study v2 report to ``md_path`` (figures under ``figure_dir``); return its text."""
     records = grid_records(results)
     outcomes = evaluate_claims(records)
     os.makedirs(figure_dir, exist_ok=True)
     trajectory = plot_trajectories(results, os.path.join(figure_dir, "study_v2_trajectories.png"))
+    claims_figure = plot_claims(outcomes, os.path.join(figure_dir, "study_v2_claims.png"))
     landscape = plot_landscape(results, os.path.join(figure_dir, "study_v2_landscape.png"))
     pilot = results.get("pilot") or {}
     tuning = results.get("tuning") or {}
@@ -599,6 +679,10 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "",
         claims_table(outcomes),
         "",
+        image_line(
+            "the claims: mean difference and 95 % interval", claims_figure, md_path, "no paired runs yet"
+        ),
+        "",
         "## FP-recipe networks",
         "",
         network_table(records),
@@ -625,13 +709,11 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "",
         "\n\n".join(f"{bits}:\n\n{layer_table(records, bits, labels)}" for bits, labels in LAYER_TABLES),
         "",
-        f"![trace trajectories]({os.path.relpath(trajectory, os.path.dirname(md_path))})"
-        if trajectory
-        else "_trajectories: none recorded yet_",
+        image_line("trace trajectories", trajectory, md_path, "none recorded yet"),
         "",
-        f"![slices and the LSQ → FPQ line]({os.path.relpath(landscape, os.path.dirname(md_path))})"
-        if landscape
-        else "_slices: no seed has both LSQ and FPQ at W2A2 yet_",
+        image_line(
+            "slices and the LSQ → FPQ line", landscape, md_path, "no seed has both LSQ and FPQ at W2A2 yet"
+        ),
         "",
         "## Loss terms",
         "",
