@@ -214,6 +214,15 @@ def test_readme_quotes_the_committed_study_s_summary():
         assert " ".join(report.summary_text(outcomes, partial=False).split()) in readme
 
 
+def test_cost_table_means_ratios_and_no_pilot():
+    runs = [{**qat(seed, "lsq", "W2A2", 0.8, 1.0), "wall_time_s": 60.0 * (1 + seed)} for seed in range(2)]
+    runs += [{**qat(0, "fpq", "W2A2", 0.8, 1.0), "wall_time_s": 270.0}]
+    runs += [{**qat(0, "lsq", "W2A2", 0.8, 1.0), "group": "pilot", "run_id": "pilot", "wall_time_s": 6000.0}]
+    rows = {row.split(" | ")[1]: row for row in report.cost_table({"runs": runs}).splitlines()[2:]}
+    assert rows["lsq"] == f"| W2A2 | lsq | 1.50 ± {np.std([1.0, 2.0], ddof=1):.2f} | 1.00 | 2 |"
+    assert rows["fpq"] == "| W2A2 | fpq | 4.50 | 3.00 | 1 |"
+
+
 def test_provenance_counts_runs_that_started_from_their_parent_s_weights():
     fp = {"run_id": "seed0/fp", "status": "ok", "group": "fp", "checkpoint_digest": "a"}
     same = {"run_id": "seed0/lsq", "status": "ok", "group": "qat", "parent": "seed0/fp", "parent_digest": "a"}

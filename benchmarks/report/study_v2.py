@@ -401,16 +401,24 @@ def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
 
 
 def cost_table(results) -> str:
-    """Measured wall-clock per method (training run, its flatness record excluded)."""
+    """Measured wall-clock per method (training run, its flatness record excluded): mean ± std
+    over the grid and tuning runs (the pilot, longer, is left out) and the ratio of the means to
+    LSQ's at the same bits (to plain FP training's for the FP-recipe networks)."""
     per = defaultdict(list)
     for r in results.get("runs", []):
-        if r.get("status") == OK and r.get("wall_time_s") and r["kind"] == "train":
+        if r.get("status") == OK and r.get("wall_time_s") and r["kind"] == "train" and r["group"] != "pilot":
             per[(r.get("bits"), network_label(r) if r.get("group") == "fp" else r["method"])].append(
                 r["wall_time_s"]
             )
-    lines = ["| bits | run | wall-clock min (mean) | runs |", "|---|---|---|---|"]
+    lines = [
+        "| bits | run | wall-clock min (mean ± std) | × LSQ (FP: × fp) | runs |",
+        "|---|---|---|---|---|",
+    ]
     for (bits, label), values in sorted(per.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        lines.append(f"| {bits} | {label} | {sum(values) / len(values) / 60:.1f} | {len(values)} |")
+        baseline = per.get((bits, "fp" if bits == "FP" else "lsq"))
+        ratio = f"{(sum(values) / len(values)) / (sum(baseline) / len(baseline)):.2f}" if baseline else "–"
+        row = [str(bits), label, mean_std_text(values, 1 / 60), ratio, str(len(values))]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -720,6 +728,11 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         loss_term_table(results),
         "",
         "## Cost",
+        "",
+        "Wall-clock of each training run with its evaluations, on the machine above; the machine is "
+        "shared, and a test suite ran beside some runs, so one run can be up to about 2× slower than "
+        "alone. The grid's and the tuning runs are counted (the pilot, 6 epochs, is not); the ratios "
+        "(to LSQ, or to plain FP training for the FP-recipe networks) are of their means.",
         "",
         cost_table(results),
         "",
