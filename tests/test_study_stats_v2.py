@@ -91,3 +91,19 @@ def test_family_verdicts_on_synthetic_records():
     for family in itertools.permutations([big, null, small, noisy]):
         sup = holm_by_definition([t.p_superiority for t in family])
         assert [s < 0.05 for s in sup] == [v.startswith("reproduced") for v in stats.family_verdicts(family)]
+
+
+def test_seeds_for_half_width_is_the_first_n_whose_interval_is_narrow_enough():
+    rng = np.random.default_rng(3)
+    for std, width in ((0.4, 0.25), (1.0, 0.25), (0.01, 0.25), (2.0, 0.1)):
+        n = stats.seeds_for_half_width(std, width)
+        # the interval of n pairs with this sample std, from scipy; n − 1 pairs are too few
+        half = [scipy_stats.t.interval(0.95, k - 1, scale=std / np.sqrt(k))[1] for k in (n - 1, n) if k >= 2]
+        assert half[-1] <= width and (n == 2 or half[0] > width)
+        differences = rng.normal(size=n)
+        differences = (differences - differences.mean()) / differences.std(ddof=1) * std
+        interval = stats.paired_t_interval(list(differences), [0.0] * n)
+        assert interval.half_width <= width + 1e-12
+    assert stats.seeds_for_half_width(5.0, 0.01, max_seeds=50) is None
+    with pytest.raises(ValueError, match="half_width=0"):
+        stats.seeds_for_half_width(1.0, 0)

@@ -214,6 +214,27 @@ def test_readme_quotes_the_committed_study_s_summary():
         assert " ".join(report.summary_text(outcomes, partial=False).split()) in readme
 
 
+def test_undecided_claims_say_what_would_decide_them(synthetic):
+    two_seeds = [r for r in report.grid_records(synthetic) if r["seed"] < 2]
+    outcomes = report.evaluate_claims(two_seeds)
+    text = report.undecided_text(outcomes)
+    undecided = [o for o in outcomes if o.verdict == "inconclusive"]
+    assert undecided
+    for o in undecided:
+        k = sum(1 for other in outcomes if other.claim.family == o.claim.family)
+        d = o.claim.direction * (np.array(o.method_values) - np.array(o.baseline_values))
+        target = max(d.mean(), o.claim.delta - d.mean())
+        margin = [
+            scipy_stats.t.ppf(1 - 0.05 / k, n - 1) * d.std(ddof=1) / np.sqrt(n) for n in range(2, 10001)
+        ]
+        needed = next(n for n, m in zip(range(2, 10001), margin, strict=True) if m <= target)
+        line = next(line for line in text.splitlines() if line.startswith(f"- {o.claim.id}: "))
+        assert line.startswith(f"- {o.claim.id}: n = 2, ") and line.endswith(
+            f"at this mean and s_d: {needed}."
+        )
+    assert report.undecided_text([]) == "Every claim has a decisive verdict."
+
+
 def test_cost_table_means_ratios_and_no_pilot():
     runs = [{**qat(seed, "lsq", "W2A2", 0.8, 1.0), "wall_time_s": 60.0 * (1 + seed)} for seed in range(2)]
     runs += [{**qat(0, "fpq", "W2A2", 0.8, 1.0), "wall_time_s": 270.0}]

@@ -223,6 +223,44 @@ def claims_table(outcomes: list[ClaimOutcome]) -> str:
     return "\n".join(lines)
 
 
+def undecided_text(outcomes: list[ClaimOutcome], alpha: float = 0.05) -> str:
+    """Why each inconclusive claim is so, and what would decide it: its n, the std ``s_d`` of
+    its paired differences, its mean, and the seeds at which, were the mean ``m`` and ``s_d``
+    to stay as measured, one of its one-sided tests would reject at ``α/k`` (``k`` tested claims
+    in its family: the Bonferroni level, which passes Holm's correction). That takes a one-sided
+    margin ``t_{1−α/k, n−1}·s_d/sqrt(n) < max(m, δ − m)`` (oriented ``m``), found with
+    :func:`~jaxquant.study.stats.seeds_for_half_width` at the two-sided level ``1 − 2α/k``."""
+    family_size = defaultdict(int)
+    for o in outcomes:
+        if o.test is not None and o.test.interval.low is not None:
+            family_size[o.claim.family] += 1
+    lines = []
+    for o in outcomes:
+        if o.verdict != stats.INCONCLUSIVE:
+            continue
+        factor, unit = scale(o.claim.metric)
+        if o.test is None or o.test.interval.low is None:
+            lines.append(f"- {o.claim.id}: n = {len(o.seeds)}; a test needs a second seed.")
+            continue
+        differences = [a - b for a, b in zip(o.method_values, o.baseline_values, strict=True)]
+        spread = stats.mean_std(differences)[1]
+        mean = o.test.interval.mean
+        level = 1 - 2 * alpha / family_size[o.claim.family]
+        needed = stats.seeds_for_half_width(spread, max(mean, o.claim.delta - mean), level) if spread else 2
+        lines.append(
+            f"- {o.claim.id}: n = {len(o.seeds)}, s_d = {factor * spread:.2f}{unit}, mean "
+            f"{factor * o.claim.direction * mean:+.2f}{unit}; seeds that would decide it at this mean and "
+            f"s_d: {needed if needed is not None else 'more than 10,000'}."
+        )
+    if not lines:
+        return "Every claim has a decisive verdict."
+    return (
+        f"Why a verdict is inconclusive (δ = {100 * ACCURACY_DELTA:.1f} points, or {TRACE_DELTA:.3f} on a "
+        "log trace; the seeds are a projection that holds the measured mean and s_d, with each "
+        "one-sided test at α/k for the k claims of its family):\n\n" + "\n".join(lines)
+    )
+
+
 def effect_text(outcome: ClaimOutcome) -> str:
     """The claim's mean paired difference in the metric's own sign: ``+2.14 pt`` of accuracy,
     or the trace's change ``exp(mean log ratio) − 1`` in per cent (``-83 % trace``)."""
@@ -686,6 +724,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "family at α = 0.05; differences are method − baseline (accuracy in points, traces as log ratios).",
         "",
         claims_table(outcomes),
+        "",
+        undecided_text(outcomes),
         "",
         image_line(
             "the claims: mean difference and 95 % interval", claims_figure, md_path, "no paired runs yet"

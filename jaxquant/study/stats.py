@@ -60,6 +60,22 @@ def paired_t_interval(values: Sequence[float], baseline: Sequence[float], level:
     return Interval(mean, mean - half, mean + half, n)
 
 
+def seeds_for_half_width(
+    std: float, half_width: float, level: float = 0.95, max_seeds: int = 10_000
+) -> int | None:
+    """The fewest pairs ``n ≥ 2`` whose interval of :func:`paired_t_interval` is at most
+    ``half_width`` wide on each side at this ``std`` of the differences:
+    ``min n : t_{(1+level)/2, n−1} · std / sqrt(n) ≤ half_width`` (None beyond ``max_seeds``).
+
+    At ``half_width = max(m, δ − m)`` for a mean ``m`` the interval excludes 0 or excludes δ."""
+    if half_width <= 0:
+        raise ValueError(f"half_width={half_width!r} is not allowed: use a positive width")
+    for n in range(2, max_seeds + 1):
+        if scipy_stats.t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
 def verdict(interval: Interval, direction: int, min_effect: float) -> str:
     """The verdict on a claim that the difference has sign ``direction`` (+1 or −1).
 
