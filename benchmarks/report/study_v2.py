@@ -335,11 +335,16 @@ def network_table(records) -> str:
     return "\n".join(lines)
 
 
+def ptq_networks_and_observers(records) -> tuple[list[str], list[str]]:
+    """The networks (:func:`network_label`) and observers that the PTQ records hold, sorted."""
+    ptq = [r for r in records if r["kind"] == "ptq"]
+    return sorted({network_label(r) for r in ptq}), sorted({r.get("observer") for r in ptq})
+
+
 def ptq_table(records, widths=("8", "6", "4", "3")) -> str:
     """PTQ test accuracy per network, observer and width: mean ± std over seeds of the
     per-seed mean over calibration draws."""
-    networks = sorted({network_label(r) for r in records if r["kind"] == "ptq"})
-    observers = sorted({r.get("observer") for r in records if r["kind"] == "ptq"})
+    networks, observers = ptq_networks_and_observers(records)
     lines = [
         "| network | observer | " + " | ".join(f"W{w}A{w}" for w in widths) + " |",
         "|---|---|" + "---|" * len(widths),
@@ -356,8 +361,7 @@ def ptq_table(records, widths=("8", "6", "4", "3")) -> str:
 
 def ptq_seed_table(records, widths=("8", "6", "4", "3")) -> str:
     """The per-seed values behind :func:`ptq_table`: each seed's mean over calibration draws."""
-    networks = sorted({network_label(r) for r in records if r["kind"] == "ptq"})
-    observers = sorted({r.get("observer") for r in records if r["kind"] == "ptq"})
+    networks, observers = ptq_networks_and_observers(records)
     lines = [
         "| network | observer | bits | test accuracy % (mean ± std) | per seed (mean over draws) | n |",
         "|---|---|---|---|---|---|",
