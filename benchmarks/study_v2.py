@@ -310,50 +310,87 @@ def landscape_ids(specs: list[RunSpec], seed: int) -> tuple[str, str]:
     return found["lsq"], found["fpq"]
 
 
+def line_with_bn_reestimated(model, start, end, batches, alphas, images) -> list[float]:
+    """``L(θ(α))`` on ``batches`` along the line ``θ(α) = (1 − α)·start + α·end``
+    (:func:`~jaxquant.curvature.checkpoint_line`), each point's BatchNorm statistics
+    re-estimated on ``images`` (:func:`~jaxquant.train.batchnorm.reestimate_batch_stats`)
+    instead of interpolated: the loss of the network each point's weights make, which
+    interpolated statistics can misstate when the two kernels differ in scale."""
+    import jax
+
+    from jaxquant import curvature
+    from jaxquant.train.batchnorm import reestimate_batch_stats
+
+    origin, direction = curvature.checkpoint_line(start, end)
+    loss_fn = jax.jit(curvature.model_loss(model))
+    losses = []
+    for alpha in alphas:
+        point = jax.tree_util.tree_map(lambda o, d, a=float(alpha): o + a * d, origin, direction)
+        state = {key: value for key, value in point.items() if key != "params"}
+        state = reestimate_batch_stats(model, point["params"], state, images)
+        losses.append(float(loss_fn({"params": point["params"], **state}, batches)))
+    return losses
+
+
 def landscape(
     study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int, earlier: list[dict] = ()
 ) -> dict[str, Any]:
     """On the fixed probe batch: the loss along one filter-normalised random direction (the
     seed's, kernels only) through the LSQ and through the FPQ checkpoint, and along the line
-    from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run).
+    from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run), its
+    BatchNorm statistics interpolated with the weights (``line``) and re-estimated at every
+    point (``line_bn_reestimated``, :func:`line_with_bn_reestimated` on ``BN_IMAGES`` clean
+    training images of the seed; protocol, change 4).
     Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes; one of
-    ``earlier`` (the results file's) with those hashes is taken as it is."""
+    ``earlier`` (the results file's) with those hashes is taken as it is, its re-estimated
+    line added when it lacks one and both workdirs are here."""
     import jax
     import numpy as np
 
     from jaxquant import curvature
-    from jaxquant.study.runs import FinishedRun, probe_inputs, write_json
+    from jaxquant.data.pipeline import calibration_images
+    from jaxquant.study.runs import BN_IMAGES, FinishedRun, probe_inputs, write_json
     from jaxquant.train.setup import load_run
 
     cache = os.path.join(study_dir, f"landscape_seed{seed}.json")
     key = [lsq["config_hash"], fpq["config_hash"]]
-    for item in earlier:
-        if item.get("runs") == key:
-            return item
+    known = [item for item in earlier if item.get("runs") == key]
     if os.path.exists(cache):
         with open(cache) as f:
             cached = json.load(f)
         if cached.get("runs") == key:
-            return cached
-    alphas = np.linspace(-SLICE_RADIUS, SLICE_RADIUS, SLICE_POINTS)
-    out: dict[str, Any] = {"runs": key, "seed": seed, "alphas": alphas.tolist(), "slices": {}}
-    loaded = {}
-    for name, record in (("lsq", lsq), ("fpq", fpq)):
-        workdir = os.path.join(study_dir, record["workdir"])
-        loaded[name] = load_run(workdir)
-        finished = FinishedRun(loaded[name].config, workdir)
-        variables, batches = probe_inputs(finished, TRACE)
-        loss_fn, params, data = curvature.model_objective(loaded[name].model, variables, batches)
-        direction = curvature.filter_normalized_direction(jax.random.PRNGKey(seed), params)
-        out["slices"][name] = np.asarray(
-            curvature.slice_1d(loss_fn, params, data, direction, alphas)
-        ).tolist()
+            known.insert(0, cached)
+    out = next((item for item in known if "line_bn_reestimated" in item), known[0] if known else None)
+    workdirs = {
+        name: os.path.join(study_dir, record["workdir"]) for name, record in (("lsq", lsq), ("fpq", fpq))
+    }
+    if out is not None and ("line_bn_reestimated" in out or not all(map(os.path.isdir, workdirs.values()))):
+        return out
+    loaded = {name: load_run(workdir) for name, workdir in workdirs.items()}
+    finished = {name: FinishedRun(loaded[name].config, workdir) for name, workdir in workdirs.items()}
+    batches = probe_inputs(finished["fpq"], TRACE)[1]
     line_alphas = np.union1d(np.linspace(-LINE_MARGIN, 1 + LINE_MARGIN, SLICE_POINTS), [0.0, 1.0])
-    loss_fn = curvature.model_loss(loaded["fpq"].model)
     start, end = loaded["lsq"].variables, loaded["fpq"].variables
-    out["line"] = {
-        "alphas": line_alphas.tolist(),
-        "losses": np.asarray(curvature.interpolate(loss_fn, start, end, batches, line_alphas)).tolist(),
+    if out is None:
+        alphas = np.linspace(-SLICE_RADIUS, SLICE_RADIUS, SLICE_POINTS)
+        out = {"runs": key, "seed": seed, "alphas": alphas.tolist(), "slices": {}}
+        for name in ("lsq", "fpq"):
+            variables, probe = probe_inputs(finished[name], TRACE)
+            loss_fn, params, data = curvature.model_objective(loaded[name].model, variables, probe)
+            direction = curvature.filter_normalized_direction(jax.random.PRNGKey(seed), params)
+            out["slices"][name] = np.asarray(
+                curvature.slice_1d(loss_fn, params, data, direction, alphas)
+            ).tolist()
+        loss_fn = curvature.model_loss(loaded["fpq"].model)
+        out["line"] = {
+            "alphas": line_alphas.tolist(),
+            "losses": np.asarray(curvature.interpolate(loss_fn, start, end, batches, line_alphas)).tolist(),
+        }
+    images = calibration_images(finished["fpq"].run.train_split, BN_IMAGES, seed)
+    losses = line_with_bn_reestimated(loaded["fpq"].model, start, end, batches, line_alphas, images)
+    out = {
+        **out,
+        "line_bn_reestimated": {"alphas": line_alphas.tolist(), "losses": losses, "images": len(images)},
     }
     write_json(cache, out)
     return out

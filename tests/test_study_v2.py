@@ -164,9 +164,15 @@ def test_the_flatness_record_has_per_layer_traces_beside_kernel_norms(fp_digits_
 
 
 def test_landscape_slices_both_checkpoints_and_the_line_between_them(fp_digits_run, tmp_path):
+    import jax
     from conftest import tiny_config
 
+    from jaxquant.curvature import model_loss
+    from jaxquant.data.pipeline import calibration_images
+    from jaxquant.study.runs import FinishedRun, probe_inputs
+    from jaxquant.train.batchnorm import reestimate_batch_stats
     from jaxquant.train.loop import train_and_evaluate
+    from jaxquant.train.setup import load_run
 
     records = {}
     for method in ("lsq", "fpq"):
@@ -192,6 +198,24 @@ def test_landscape_slices_both_checkpoints_and_the_line_between_them(fp_digits_r
     assert again == out
     # a fresh checkout: no workdir and no cache, the results file's landscape is taken as it is
     assert study_v2.landscapes(str(tmp_path / "fresh"), records, out) == out
+
+    # the line with each point's BatchNorm statistics re-estimated: at α = 1/2, by hand
+    bn_line = item["line_bn_reestimated"]
+    assert bn_line["alphas"] == alphas and np.all(np.isfinite(bn_line["losses"])) and bn_line["images"] > 0
+    lsq, fpq = (load_run(str(tmp_path / method)) for method in ("lsq", "fpq"))
+    middle = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, lsq.variables, fpq.variables)
+    images = calibration_images(fpq.run.train_split, bn_line["images"], 0)
+    state = reestimate_batch_stats(
+        fpq.model, middle["params"], {k: v for k, v in middle.items() if k != "params"}, images
+    )
+    batches = probe_inputs(FinishedRun(fpq.config, str(tmp_path / "fpq")), study_v2.TRACE)[1]
+    by_hand = float(model_loss(fpq.model)({"params": middle["params"], **state}, batches))
+    assert bn_line["losses"][alphas.index(0.5)] == pytest.approx(by_hand, rel=1e-4)
+    # an earlier landscape without that line gets it while the workdirs are here, not after
+    old = {key: value for key, value in item.items() if key != "line_bn_reestimated"}
+    assert study_v2.landscapes(str(tmp_path / "fresh"), records, [old]) == [old]
+    os.remove(tmp_path / "landscape_seed0.json")
+    assert study_v2.landscapes(str(tmp_path), records, [old]) == out
 
 
 def test_a_gone_pilot_workdir_takes_its_curve_from_the_results_file(tmp_path):

@@ -637,7 +637,8 @@ def plot_trajectories(results, path: str, bits: str = "W2A2") -> str | None:
 
 def plot_landscape(results, path: str) -> str | None:
     """One figure: the 1-D filter-normalised slices through LSQ and FPQ at W2A2 and the line
-    from the LSQ to the FPQ checkpoint, each mean ± std over the seeds that have both."""
+    from the LSQ to the FPQ checkpoint (BatchNorm statistics interpolated, and re-estimated at
+    each point), each mean ± std over the seeds that have it."""
     items = results.get("landscape") or []
     if not items:
         return None
@@ -656,11 +657,26 @@ def plot_landscape(results, path: str) -> str | None:
         title=f"1-D slices at W2A2 (n={len(items)})",
     )
     left.legend()
-    lines = [item["line"]["losses"] for item in items]
-    line_mean = [stats.mean_std(list(column))[0] for column in zip(*lines, strict=True)]
-    line_std = [stats.mean_std(list(column))[1] or 0.0 for column in zip(*lines, strict=True)]
-    right.errorbar(items[0]["line"]["alphas"], line_mean, yerr=line_std, marker=".", capsize=2)
-    right.set(xlabel="α (0: LSQ, 1: FPQ)", ylabel="training loss", title=f"LSQ → FPQ line (n={len(items)})")
+    for key, label in (
+        ("line", "BN statistics interpolated"),
+        ("line_bn_reestimated", "BN re-estimated at each α"),
+    ):
+        having = [item[key] for item in items if key in item]
+        if not having:
+            continue
+        columns = list(zip(*(line["losses"] for line in having), strict=True))
+        line_mean = [stats.mean_std(list(column))[0] for column in columns]
+        line_std = [stats.mean_std(list(column))[1] or 0.0 for column in columns]
+        right.errorbar(
+            having[0]["alphas"],
+            line_mean,
+            yerr=line_std,
+            marker=".",
+            capsize=2,
+            label=f"{label} (n={len(having)})",
+        )
+    right.set(xlabel="α (0: LSQ, 1: FPQ)", ylabel="training loss", title="LSQ → FPQ line")
+    right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
