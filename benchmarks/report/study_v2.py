@@ -783,6 +783,14 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
             "slices and the LSQ → FPQ line", landscape, md_path, "no seed has both LSQ and FPQ at W2A2 yet"
         ),
         "",
+        "Left: the loss along one filter-normalised random direction of the kernels through each "
+        "checkpoint, BatchNorm statistics fixed. Right: the straight line from the LSQ to the FPQ "
+        "checkpoint of the same seed; the pre-registered line interpolates the BatchNorm statistics "
+        "with the weights, the second re-estimates them at each α on 2,048 clean training images "
+        "(protocol, change 4). Mean ± std over seeds; the training loss on the fixed probe batch."
+        if landscape
+        else "",
+        "",
         "## Loss terms",
         "",
         loss_term_table(results),
