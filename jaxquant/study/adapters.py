@@ -173,14 +173,23 @@ def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int,
     config.curvature.num_probes = num_probes
 
 
+def last_record_per_step(workdir: str, keep) -> dict[int, dict[str, Any]]:
+    """``{step: record}`` of the records of ``<workdir>/metrics.jsonl`` that ``keep`` accepts;
+    where a step is there twice (a file written before resumed runs dropped their orphan
+    records), the last wins."""
+    out = {}
+    for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
+        if keep(record):
+            out[int(record["step"])] = record
+    return out
+
+
 def read_trace_trajectory(workdir: str) -> dict[str, Any]:
     """``{"status": "ok", "steps": [...], "values": [...]}`` from the records of kind
     ``"curvature"`` (value under ``"trace"``) in ``<workdir>/metrics.jsonl``; where a step is
     there twice (a file written before resumed runs dropped their orphan records), the last wins."""
-    by_step = {}
-    for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
-        if record.get("kind") == CURVATURE_KIND and "trace" in record:
-            by_step[int(record["step"])] = float(record["trace"])
+    records = last_record_per_step(workdir, lambda r: r.get("kind") == CURVATURE_KIND and "trace" in r)
+    by_step = {step: float(record["trace"]) for step, record in records.items()}
     if not by_step:
         return unavailable(f"no '{CURVATURE_KIND}' records with a 'trace' in {workdir}/metrics.jsonl")
     steps = sorted(by_step)
@@ -192,18 +201,12 @@ def read_loss_term_ratios(workdir: str) -> dict[str, Any]:
     steps of every ``grad_ratio_<term>`` (``‖∇ term‖ / ‖∇ CE‖``) in ``<workdir>/metrics.jsonl``;
     where a step is there twice (a file written before resumed runs dropped their orphan
     records), the last wins, so that no step counts twice."""
-    by_step: dict[int, dict[str, float]] = {}
-    for record in read_metrics(os.path.join(workdir, "metrics.jsonl")):
-        if record.get("kind") == "train":
-            ratios = {
-                k.removeprefix("grad_ratio_"): float(v)
-                for k, v in record.items()
-                if k.startswith("grad_ratio_")
-            }
-            if ratios:
-                by_step[int(record["step"])] = ratios
+    records = last_record_per_step(
+        workdir, lambda r: r.get("kind") == "train" and any(k.startswith("grad_ratio_") for k in r)
+    )
     values: dict[str, list[float]] = {}
-    for ratios in by_step.values():
-        for term, value in ratios.items():
-            values.setdefault(term, []).append(value)
+    for record in records.values():
+        for key, value in record.items():
+            if key.startswith("grad_ratio_"):
+                values.setdefault(key.removeprefix("grad_ratio_"), []).append(float(value))
     return {"status": OK, "mean_grad_ratio": {term: sum(v) / len(v) for term, v in values.items()}}
