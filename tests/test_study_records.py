@@ -23,7 +23,7 @@ def specs(children: tuple[str, ...], archive: bool = False) -> list[RunSpec]:
     return out
 
 
-def run(tmp_path, children, keep=(), archive=False, lines=None):
+def run(tmp_path, children, keep=(), archive=False, lines=None, header=None):
     trained = []
 
     def log(line):
@@ -33,8 +33,8 @@ def run(tmp_path, children, keep=(), archive=False, lines=None):
             trained.append(line.split(":")[0].removeprefix("[study] "))
 
     archive_dir = str(tmp_path / "archive") if archive else None
-    study = Study(str(tmp_path / "runs"), specs(children, archive), str(tmp_path / "results.json"), {}, TRACE,
-                  log=log, keep_checkpoints=keep, archive_dir=archive_dir)  # fmt: skip
+    study = Study(str(tmp_path / "runs"), specs(children, archive), str(tmp_path / "results.json"),
+                  header or {}, TRACE, log=log, keep_checkpoints=keep, archive_dir=archive_dir)  # fmt: skip
     return {record["run_id"]: record for record in study.run()}, trained
 
 
@@ -72,6 +72,17 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
     _, trained = run(tmp_path, ("w4", "w2"), keep=("w2",))
     assert trained == ["fp", "w2"]
     assert [r["run_id"] for r in results(tmp_path)["runs"]] == ["fp", "w4", "w2"]
+
+
+def test_each_record_names_the_machine_that_trained_it(tmp_path):
+    here, there = {"cpu_model": "A", "cpus": 2}, {"cpu_model": "B", "cpus": 2}
+    first, _ = run(tmp_path, ("w4",), header={"machine": here})
+    assert first["fp"]["machine"] == first["w4"]["machine"] == here
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout on another machine
+    grown, trained = run(tmp_path, ("w4", "w2"), header={"machine": there})
+    assert trained == ["fp", "w2"]
+    assert (grown["fp"]["machine"], grown["w4"]["machine"], grown["w2"]["machine"]) == (there, here, there)
+    assert results(tmp_path)["machine"] == there
 
 
 def test_a_parent_trained_again_to_other_weights_makes_its_paired_runs_train_again(tmp_path):

@@ -246,6 +246,37 @@ def test_cost_table_means_ratios_and_no_pilot():
     assert rows["fpq"] == "| W2A2 | fpq | 4.50 | 3.00 | 1 |"
 
 
+def test_total_cost_sums_each_stage_s_runs_with_their_flatness_records():
+    grid = [{**qat(seed, "lsq", "W2A2", 0.8, 1.0), "wall_time_s": 1800.0} for seed in range(2)]
+    grid[0]["flatness"]["wall_time_s"] = 1800.0
+    pilot = {**qat(0, "lsq", "W2A2", 0.8, 1.0), "group": "pilot", "wall_time_s": 3600.0, "flatness": {}}
+    tuning = {**qat(0, "fpq", "W2A2", 0.8, 1.0), "group": "tuning", "wall_time_s": 900.0}
+    failed = {**qat(3, "cr", "W2A2", 0.8, 1.0), "status": "failed", "wall_time_s": 36000.0}
+    superseded = [{"run_id": "seed0/fp", "wall_time_s": 1800.0}]
+    results = {"runs": [*grid, pilot, tuning, failed], "superseded_runs": superseded}
+    text = report.total_cost_text(results, target_h=5.0)
+    assert text.startswith("In all: **2.8 h** of wall-clock over 4 finished runs")
+    assert "(pilot 1.00 h, tuning 0.25 h, grid 1.50 h), and 0.50 h more for the superseded" in text
+    assert "target (§8) was about 5 h" in text
+    assert report.total_cost_text({"runs": [failed]}) == "_no finished run yet_"
+
+
+def test_machines_count_each_machine_s_runs_by_stage_and_seed():
+    intel = {"cpus": 2, "cpu_model": "Xeon", "platform": "Linux-a"}
+    amd = {"cpus": 2, "cpu_model": None, "platform": "Linux-b"}
+    runs = [{**qat(seed, "lsq", "W2A2", 0.8, 1.0), "machine": intel} for seed in range(2)]
+    runs += [{**qat(1, "fpq", "W2A2", 0.8, 1.0), "machine": amd}, {**qat(2, "cr", "W2A2", 0.8, 1.0)}]
+    runs += [{**qat(0, "mec", "W2A2", 0.8, 1.0), "group": "tuning", "machine": amd}]
+    runs += [{**qat(3, "kd", "W2A2", 0.8, 1.0), "status": "pending", "machine": amd}]
+    superseded = [{"run_id": "seed0/fp", "seed": 0, "machine": amd}]
+    lines = report.machines_text({"runs": runs, "superseded_runs": superseded}).splitlines()
+    assert lines == [
+        "- 2 CPU cores, Xeon, Linux-a: seed 0 1, seed 1 1",
+        "- 2 CPU cores, CPU model not recorded, Linux-b: tuning 1, seed 1 1, superseded 1",
+        "- machine not recorded: seed 2 1",
+    ]
+
+
 def test_provenance_counts_runs_that_started_from_their_parent_s_weights():
     fp = {"run_id": "seed0/fp", "status": "ok", "group": "fp", "checkpoint_digest": "a"}
     same = {"run_id": "seed0/lsq", "status": "ok", "group": "qat", "parent": "seed0/fp", "parent_digest": "a"}

@@ -24,6 +24,7 @@ from jaxquant.study import stats  # noqa: E402
 OK = "ok"
 ACCURACY_DELTA = 0.005  # 0.5 points
 TRACE_DELTA = math.log(1 / 0.9)  # a 10 % change of the trace
+COST_TARGET_H = 5.0  # the protocol's target for the whole study on this machine (§8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,35 @@ def grid_records(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         r for r in results.get("runs", []) if r.get("status") == OK and r.get("group") in ("qat", "fp", "ptq")
     ]
+
+
+def machine_name(machine: dict[str, Any] | None) -> str:
+    """A machine of a record, as the report names it."""
+    if not machine:
+        return "machine not recorded"
+    cpu = machine.get("cpu_model") or "CPU model not recorded"
+    return f"{machine.get('cpus')} CPU cores, {cpu}, {machine.get('platform')}"
+
+
+def machines_text(results: dict[str, Any]) -> str:
+    """Which machine produced which numbers: every machine named by the records, with its
+    finished runs counted by stage (the pilot, the tuning candidates, each seed of the grid)
+    and the superseded trainings; the machines in the order they first appear."""
+    counts: dict[str, dict[str, int]] = {}
+    finished = [r for r in results.get("runs", []) if r.get("status") == OK]
+    superseded = [{**r, "group": "superseded"} for r in results.get("superseded_runs", [])]
+    for r in finished + superseded:
+        part = (
+            r.get("group") if r.get("group") in ("pilot", "tuning", "superseded") else f"seed {r.get('seed')}"
+        )
+        per_part = counts.setdefault(machine_name(r.get("machine")), {})
+        per_part[part] = per_part.get(part, 0) + 1
+    order = ("pilot", "tuning", *(f"seed {seed}" for seed in range(10)), "superseded")
+    lines = [
+        f"- {name}: " + ", ".join(f"{part} {parts[part]}" for part in order if part in parts)
+        for name, parts in counts.items()
+    ]
+    return "\n".join(lines) or "_no finished run yet_"
 
 
 def flatness_value(record: dict[str, Any]) -> float | None:
@@ -464,6 +494,34 @@ def cost_table(results) -> str:
     return "\n".join(lines)
 
 
+def run_hours(record: dict[str, Any]) -> float:
+    """A run's measured wall-clock in hours: its training (or PTQ) with its evaluations, plus
+    its flatness record."""
+    flatness = (record.get("flatness") or {}).get("wall_time_s") or 0.0
+    return ((record.get("wall_time_s") or 0.0) + flatness) / 3600
+
+
+def total_cost_text(results, target_h: float = COST_TARGET_H) -> str:
+    """The study's measured wall-clock in all, by stage (pilot, tuning, grid) and for the
+    superseded trainings, against the protocol's target; a finished run's hours, summed."""
+    stage_of = {"pilot": "pilot", "tuning": "tuning"}
+    hours: dict[str, float] = defaultdict(float)
+    finished = [r for r in results.get("runs", []) if r.get("status") == OK]
+    for r in finished:
+        hours[stage_of.get(r.get("group"), "grid")] += run_hours(r)
+    superseded = sum(run_hours(r) for r in results.get("superseded_runs", []))
+    total = sum(hours.values())
+    stages = ", ".join(
+        f"{stage} {hours[stage]:.2f} h" for stage in ("pilot", "tuning", "grid") if stage in hours
+    )
+    text = (
+        f"In all: **{total:.1f} h** of wall-clock over {len(finished)} finished runs ({stages})"
+        + (f", and {superseded:.2f} h more for the superseded trainings" if superseded else "")
+        + f". The protocol's target (§8) was about {target_h:g} h; the seeds stay 5, as §8 says."
+    )
+    return text if total else "_no finished run yet_"
+
+
 def retrained_text(results) -> str:
     """Runs trained again because a later run needed their lost checkpoint, whether each
     reproduced the weights recorded the first time (the check of bit-identical reruns), and
@@ -706,11 +764,11 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "",
         f"Status: {status} (stage `{results.get('stage')}`). Protocol: "
         "[study_protocol.md](study_protocol.md). Generated from `benchmarks/results/study_v2.json` by "
-        "`python benchmarks/study_v2.py --report-only`. Machine: "
-        f"{results.get('machine', {}).get('cpus')} CPU cores ({results.get('machine', {}).get('platform')}"
-        + (f", {results['machine']['cpu_model']}" if results.get("machine", {}).get("cpu_model") else "")
-        + "); "
-        "every number was produced on it (no accelerator).",
+        "`python benchmarks/study_v2.py --report-only`. Every number was produced on a CPU "
+        "(no accelerator), on the machines below; each run's record names the machine that trained "
+        "it (protocol, change 5), with its runs counted by stage:",
+        "",
+        machines_text(results),
         "",
         summary_text(outcomes, results.get("partial", True)),
         "",
@@ -803,6 +861,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "(to LSQ, or to plain FP training for the FP-recipe networks) are of their means.",
         "",
         cost_table(results),
+        "",
+        total_cost_text(results),
         "",
         retrained_text(results),
         "",

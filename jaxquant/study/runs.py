@@ -277,7 +277,8 @@ def bn_reestimated_accuracy(finished: FinishedRun, num_images: int = BN_IMAGES) 
 class Study:
     """Runs ``specs`` in order under ``study_dir`` and keeps ``results_path`` up to date.
 
-    ``header`` is stored at the top of the results file (the study's settings);
+    ``header`` is stored at the top of the results file (the study's settings); its
+    ``machine``, when it has one, goes into the record of every run this call trains;
     ``max_runs`` caps how many runs train in this call (the rest stay ``pending``).
 
     A run whose workdir is gone (a fresh checkout) but whose complete record, with the same
@@ -539,6 +540,8 @@ class Study:
         summary = run_mode(config, workdir)
         fields["wall_time_s"] = time.time() - start
         fields["resumed_from_step"] = resumed_from
+        if self.header.get("machine"):
+            fields["machine"] = self.header["machine"]
         fields["method_config"] = spec.config.method.to_dict()
         if spec.kind == "ptq":
             ptq = adapters.read_ptq_report(workdir)
