@@ -176,6 +176,8 @@ def test_the_report_has_every_section_and_per_seed_values(synthetic, tmp_path):
     for bits, labels in report.LAYER_TABLES:  # a per-layer table for each trace claim's pair
         table = text.split(f"\n{bits}:\n\n")[1].split("\n\n")[0]
         assert table.startswith(f"| layer | {labels[0]}: tr / ‖W‖² / tr·‖W‖² |") and "| conv1 | " in table
+    for claim in ("1c, fpq / lsq at W2A4", "1d, fpq / lsq at W2A2", "4c, dnq_t4 / fp", "4d, dnq_t3 / fp"):
+        assert text.split(f"\n{claim}")[1].split("\n\n")[1].startswith("| layer | tr ratio |")
     first = synthetic["runs"][0]
     assert "(a later run starts from them): 1; 1 of 1 reproduced" in text
     assert f"`{first['run_id']}` (test 70.00 %)" in text
@@ -235,6 +237,25 @@ def test_undecided_claims_say_what_would_decide_them(synthetic):
             f"at this mean and s_d: {needed}."
         )
     assert report.undecided_text([]) == "Every claim has a decisive verdict."
+
+
+def test_layer_ratios_split_a_trace_change_into_kernel_scale_and_the_rest():
+    def run(seed, method, trace, norm_sq):
+        record = qat(seed, method, "W2A2", 0.8, 1.0)
+        layer = {"trace": trace, "kernel_norm_sq": norm_sq, "trace_times_norm_sq": trace * norm_sq}
+        record["flatness"]["layers"] = {"conv1": layer, "bn1": {"trace": 1.0}}
+        return record
+
+    # FPQ's kernel is 4x and 9x LSQ's in ‖W‖², its trace 1/8 and 1/9: the product 0.5 and 1.
+    records = [run(0, "lsq", 8.0, 1.0), run(0, "fpq", 1.0, 4.0), run(1, "lsq", 9.0, 1.0)]
+    records += [run(1, "fpq", 1.0, 9.0), run(2, "fpq", 5.0, 5.0)]  # seed 2 has no LSQ run
+    rows = report.layer_ratio_table(records, "W2A2", "fpq", "lsq").splitlines()[2:]
+    geometric = [math.exp(np.mean(np.log(pair))) for pair in ([1 / 8, 1 / 9], [4, 9], [0.5, 1.0])]
+    assert geometric[1] == pytest.approx(6.0) and geometric[2] == pytest.approx(math.sqrt(0.5))
+    spreads = ["0.111–0.125", "4–9", "0.5–1"]
+    cells = [f"{g:.3g} ({spread})" for g, spread in zip(geometric, spreads, strict=True)]
+    assert rows == ["| conv1 | " + " | ".join(cells) + " | 2 |"]  # bn1 has no kernel
+    assert report.layer_ratio_table(records, "W2A4", "fpq", "lsq") == "_no paired per-layer records yet_"
 
 
 def test_cost_table_means_ratios_and_no_pilot():

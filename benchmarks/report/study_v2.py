@@ -472,6 +472,42 @@ def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
     return "\n".join(lines)
 
 
+LAYER_QUANTITIES = ("trace", "kernel_norm_sq", "trace_times_norm_sq")
+
+
+def layer_ratio_table(records, bits: str, method: str, baseline: str) -> str:
+    """Per layer at ``bits``: ``method``'s trace, ``‖W‖²`` and ``tr·‖W‖²`` over ``baseline``'s
+    of the same seed, as the geometric mean over the paired seeds, ``exp(mean_s ln(m_s / b_s))``,
+    with the smallest and largest per-seed ratio. The log of the trace ratio is the log of the
+    ``tr·‖W‖²`` ratio minus the log of the ``‖W‖²`` ratio: the table splits a change of a layer's
+    trace into a change of kernel scale and a change that kernel scale cannot explain."""
+    per: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r["kind"] != "train" or r["group"] not in ("qat", "fp") or r["bits"] != bits:
+            continue
+        label = network_label(r) if r["group"] == "fp" else r["method"]
+        if label in (method, baseline):
+            for layer, values in ((r.get("flatness") or {}).get("layers") or {}).items():
+                if all(values.get(k, 0) > 0 for k in LAYER_QUANTITIES):
+                    per[layer][label][r["seed"]] = values
+    lines = [
+        "| layer | tr ratio | ‖W‖² ratio | tr·‖W‖² ratio | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for layer in sorted(per):
+        seeds = sorted(set(per[layer][method]) & set(per[layer][baseline]))
+        if not seeds:
+            continue
+        cells = []
+        for quantity in LAYER_QUANTITIES:
+            ratios = [per[layer][method][s][quantity] / per[layer][baseline][s][quantity] for s in seeds]
+            geometric = math.exp(sum(map(math.log, ratios)) / len(ratios))
+            spread = f" ({min(ratios):.3g}–{max(ratios):.3g})" if len(ratios) > 1 else ""
+            cells.append(f"{geometric:.3g}{spread}")
+        lines.append(f"| {layer} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    return "\n".join(lines) if len(lines) > 2 else "_no paired per-layer records yet_"
+
+
 def cost_table(results) -> str:
     """Measured wall-clock per method (training run, its flatness record excluded): mean ± std
     over the grid and tuning runs (the pilot, longer, is left out) and the ratio of the means to
@@ -834,6 +870,18 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "mean over seeds:",
         "",
         "\n\n".join(f"{bits}:\n\n{layer_table(records, bits, labels)}" for bits, labels in LAYER_TABLES),
+        "",
+        "The same layers as ratios of each trace claim's pair (descriptive, no verdict): method / "
+        "baseline per seed, geometric mean over seeds (smallest–largest). A trace ratio below 1 whose "
+        "‖W‖² ratio is above 1 and tr·‖W‖² ratio near 1 is a change of kernel scale, not of the "
+        "function's curvature.",
+        "",
+        "\n\n".join(
+            f"{claim.id}, {claim.method} / {claim.baseline} at {claim.bits}:\n\n"
+            + layer_ratio_table(records, claim.bits, claim.method, claim.baseline)
+            for claim in CLAIMS_V2
+            if claim.metric == "log_trace"
+        ),
         "",
         image_line("trace trajectories", trajectory, md_path, "none recorded yet"),
         "",
