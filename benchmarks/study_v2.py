@@ -332,40 +332,29 @@ def line_with_bn_reestimated(model, start, end, batches, alphas, images) -> list
     return losses
 
 
-def landscape(
-    study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int, earlier: list[dict] = ()
-) -> dict[str, Any]:
-    """On the fixed probe batch: the loss along one filter-normalised random direction (the
-    seed's, kernels only) through the LSQ and through the FPQ checkpoint, and along the line
-    from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run), its
-    BatchNorm statistics interpolated with the weights (``line``) and re-estimated at every
-    point (``line_bn_reestimated``, :func:`line_with_bn_reestimated` on ``BN_IMAGES`` clean
-    training images of the seed; protocol, change 4).
-    Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes; one of
-    ``earlier`` (the results file's) with those hashes is taken as it is, its re-estimated
-    line added when it lacks one and both workdirs are here."""
-    import jax
-    import numpy as np
-
-    from jaxquant import curvature
-    from jaxquant.data.pipeline import calibration_images
-    from jaxquant.study.runs import BN_IMAGES, FinishedRun, probe_inputs, write_json
-    from jaxquant.train.setup import load_run
-
-    cache = os.path.join(study_dir, f"landscape_seed{seed}.json")
-    key = [lsq["config_hash"], fpq["config_hash"]]
+def recorded_landscape(cache: str, key: list[str], earlier: list[dict] = ()) -> dict[str, Any] | None:
+    """The landscape of the LSQ and FPQ runs with hashes ``key`` already measured: the one in
+    ``cache`` or in ``earlier`` (the results file's), one with the re-estimated line first."""
     known = [item for item in earlier if item.get("runs") == key]
     if os.path.exists(cache):
         with open(cache) as f:
             cached = json.load(f)
         if cached.get("runs") == key:
             known.insert(0, cached)
-    out = next((item for item in known if "line_bn_reestimated" in item), known[0] if known else None)
-    workdirs = {
-        name: os.path.join(study_dir, record["workdir"]) for name, record in (("lsq", lsq), ("fpq", fpq))
-    }
-    if out is not None and ("line_bn_reestimated" in out or not all(map(os.path.isdir, workdirs.values()))):
-        return out
+    return next((item for item in known if "line_bn_reestimated" in item), known[0] if known else None)
+
+
+def measure_landscape(workdirs: dict[str, str], seed: int, key: list[str], out: dict | None) -> dict:
+    """The slices and the interpolated line (unless ``out`` has them) and the line with
+    BatchNorm re-estimated, from the ``lsq`` and ``fpq`` workdirs (see :func:`landscape`)."""
+    import jax
+    import numpy as np
+
+    from jaxquant import curvature
+    from jaxquant.data.pipeline import calibration_images
+    from jaxquant.study.runs import BN_IMAGES, FinishedRun, probe_inputs
+    from jaxquant.train.setup import load_run
+
     loaded = {name: load_run(workdir) for name, workdir in workdirs.items()}
     finished = {name: FinishedRun(loaded[name].config, workdir) for name, workdir in workdirs.items()}
     batches = probe_inputs(finished["fpq"], TRACE)[1]
@@ -388,10 +377,35 @@ def landscape(
         }
     images = calibration_images(finished["fpq"].run.train_split, BN_IMAGES, seed)
     losses = line_with_bn_reestimated(loaded["fpq"].model, start, end, batches, line_alphas, images)
-    out = {
+    return {
         **out,
         "line_bn_reestimated": {"alphas": line_alphas.tolist(), "losses": losses, "images": len(images)},
     }
+
+
+def landscape(
+    study_dir: str, lsq: dict[str, Any], fpq: dict[str, Any], seed: int, earlier: list[dict] = ()
+) -> dict[str, Any]:
+    """On the fixed probe batch: the loss along one filter-normalised random direction (the
+    seed's, kernels only) through the LSQ and through the FPQ checkpoint, and along the line
+    from LSQ (α = 0) to FPQ (α = 1) with FPQ's model (both start from the seed's FP run), its
+    BatchNorm statistics interpolated with the weights (``line``) and re-estimated at every
+    point (``line_bn_reestimated``, :func:`line_with_bn_reestimated` on ``BN_IMAGES`` clean
+    training images of the seed; protocol, change 4).
+    Cached in ``<study_dir>/landscape_seed<k>.json`` under the two runs' hashes; one of
+    ``earlier`` (the results file's) with those hashes is taken as it is, its re-estimated
+    line added when it lacks one and both workdirs are here."""
+    from jaxquant.study.runs import write_json
+
+    cache = os.path.join(study_dir, f"landscape_seed{seed}.json")
+    key = [lsq["config_hash"], fpq["config_hash"]]
+    out = recorded_landscape(cache, key, earlier)
+    workdirs = {
+        name: os.path.join(study_dir, record["workdir"]) for name, record in (("lsq", lsq), ("fpq", fpq))
+    }
+    if out is not None and ("line_bn_reestimated" in out or not all(map(os.path.isdir, workdirs.values()))):
+        return out
+    out = measure_landscape(workdirs, seed, key, out)
     write_json(cache, out)
     return out
 
