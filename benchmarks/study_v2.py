@@ -471,6 +471,22 @@ def cpu_model() -> str | None:
     return f"{fields.get('model name', '')} (flags {flags})"
 
 
+def enable_compilation_cache(root: str, min_compile_time_s: float = 0.5) -> str:
+    """Turn on JAX's persistent compilation cache under ``root``, in one folder per CPU (an
+    executable is compiled for its CPU's features), for what takes ``min_compile_time_s`` or
+    more to compile; return the folder. A run of a method at some
+    bits compiles what the same run of another seed compiled, so each later one loads it from
+    disk; the executables are the same, and so are the numbers (protocol, change 6)."""
+    import hashlib
+
+    import jax
+
+    folder = os.path.join(root, hashlib.sha256(str(cpu_model()).encode()).hexdigest()[:12])
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
+    return folder
+
+
 def header(command: str, stage: str, extra: dict) -> dict[str, Any]:
     return {
         "study": STUDY,
@@ -618,6 +634,11 @@ def main(argv=None) -> int:
         default=os.path.join(REPO, "benchmarks", "results", f"{STUDY}_checkpoints"),
         help="where the grid's FP workdirs are archived (committed: later QAT runs start from them)",
     )
+    parser.add_argument(
+        "--compilation-cache",
+        default=os.path.join(REPO, "runs", "xla_cache"),
+        help="JAX's persistent compilation cache, one folder per CPU under it ('' turns it off)",
+    )
     parser.add_argument("--report", default=os.path.join(REPO, "docs", "results.md"))
     parser.add_argument("--figures", default=os.path.join(REPO, "docs", "figures"))
     args = parser.parse_args(argv)
@@ -628,6 +649,8 @@ def main(argv=None) -> int:
         print(json.dumps(measure_cost(args.results), indent=2))
         return 0
     if not args.report_only:
+        if args.compilation_cache:
+            print(f"[study_v2] compilation cache: {enable_compilation_cache(args.compilation_cache)}")
         command = "python benchmarks/study_v2.py " + shlex.join(argv)
         state = run_stages(args.study_dir, args.results, command.strip(), args.max_runs, args.archive_dir)
         print(f"[study_v2] stopped at stage {state['stage']!r}; results: {args.results}")

@@ -274,3 +274,26 @@ def test_a_failed_landscape_is_left_out_and_does_not_end_the_study(monkeypatch, 
     }
     assert study_v2.landscapes("unused", records) == []
     assert "RuntimeError: out of memory" in capsys.readouterr().err
+
+
+def test_the_compilation_cache_serves_a_second_process_the_same_executable(tmp_path):
+    import subprocess
+
+    program = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import study_v2, jax, jax.numpy as jnp, numpy as np\n"
+        f"print(study_v2.enable_compilation_cache({str(tmp_path)!r}, min_compile_time_s=0))\n"
+        "f = jax.jit(lambda x: jnp.tanh(jnp.cumsum(jnp.sin(x) @ x.T, axis=0)).sum(axis=1))\n"
+        "print(np.asarray(f(jnp.linspace(0, 1, 4096).reshape(64, 64))).tobytes().hex())\n"
+    )
+
+    def run():
+        lines = subprocess.run(
+            [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        return lines[-2], lines[-1]
+
+    folder, first = run()
+    assert os.path.dirname(folder) == str(tmp_path) and os.listdir(folder)  # one folder per CPU, filled
+    entries = sorted(os.listdir(folder))
+    again_folder, again = run()
+    assert (again_folder, again) == (folder, first) and sorted(os.listdir(folder)) == entries  # a hit
