@@ -43,8 +43,10 @@ def results(tmp_path):
 
 
 def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoint(tmp_path):
-    first, trained = run(tmp_path, ("w4",))
+    here, there = {"cpu_model": "A", "cpus": 2}, {"cpu_model": "B", "cpus": 2}
+    first, trained = run(tmp_path, ("w4",), header={"machine": here})
     assert trained == ["fp", "w4"] and first["w4"]["flatness"]["status"] == "ok"
+    assert first["fp"]["machine"] == first["w4"]["machine"] == here  # a record names its machine
     digest = first["fp"]["checkpoint_digest"]
     assert first["w4"]["parent_digest"] == digest != first["w4"]["checkpoint_digest"]
 
@@ -58,10 +60,12 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
     assert again == first
 
     # A new run starts from FP: FP trains again (to the same weights), W4 does not.
-    grown, trained = run(tmp_path, ("w4", "w2"))
+    grown, trained = run(tmp_path, ("w4", "w2"), header={"machine": there})  # on another machine
     assert trained == ["fp", "w2"]
     assert grown["fp"]["reproduces_earlier_record"] is True
     assert grown["fp"]["checkpoint_digest"] == first["fp"]["checkpoint_digest"] and grown["w4"] == first["w4"]
+    assert (grown["fp"]["machine"], grown["w2"]["machine"]) == (there, there)
+    assert results(tmp_path)["machine"] == there
 
     # A call over fewer specs (an earlier stage) keeps the other runs' records in the file.
     run(tmp_path, ())
@@ -72,17 +76,6 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
     _, trained = run(tmp_path, ("w4", "w2"), keep=("w2",))
     assert trained == ["fp", "w2"]
     assert [r["run_id"] for r in results(tmp_path)["runs"]] == ["fp", "w4", "w2"]
-
-
-def test_each_record_names_the_machine_that_trained_it(tmp_path):
-    here, there = {"cpu_model": "A", "cpus": 2}, {"cpu_model": "B", "cpus": 2}
-    first, _ = run(tmp_path, ("w4",), header={"machine": here})
-    assert first["fp"]["machine"] == first["w4"]["machine"] == here
-    shutil.rmtree(tmp_path / "runs")  # a fresh checkout on another machine
-    grown, trained = run(tmp_path, ("w4", "w2"), header={"machine": there})
-    assert trained == ["fp", "w2"]
-    assert (grown["fp"]["machine"], grown["w4"]["machine"], grown["w2"]["machine"]) == (there, here, there)
-    assert results(tmp_path)["machine"] == there
 
 
 def test_a_parent_trained_again_to_other_weights_makes_its_paired_runs_train_again(tmp_path):
