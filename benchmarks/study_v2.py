@@ -474,9 +474,9 @@ def cpu_model() -> str | None:
 def enable_compilation_cache(root: str, min_compile_time_s: float = 0.5) -> str:
     """Turn on JAX's persistent compilation cache under ``root``, in one folder per CPU (an
     executable is compiled for its CPU's features), for what takes ``min_compile_time_s`` or
-    more to compile; return the folder. A run of a method at some
-    bits compiles what the same run of another seed compiled, so each later one loads it from
-    disk; the executables are the same, and so are the numbers (protocol, change 6)."""
+    more to compile; return the folder. A run of a method at some bits compiles what the same
+    run of another seed compiled, so each later one loads it from disk; the executables are the
+    same, and so are the numbers (protocol, change 6)."""
     import hashlib
 
     import jax
