@@ -134,9 +134,14 @@ def machines_text(results: dict[str, Any]) -> str:
         )
         per_part = counts.setdefault(machine_name(r.get("machine")), {})
         per_part[part] = per_part.get(part, 0) + 1
-    order = ("pilot", "tuning", *(f"seed {seed}" for seed in range(10)), "superseded")
+    stages = {"pilot": -2, "tuning": -1, "superseded": math.inf}
+
+    def order(part: str) -> float:  # the pilot, the tuning, the seeds in order, the rest
+        seed = part.removeprefix("seed ")
+        return stages.get(part, float(seed) if seed.isdigit() else math.inf)
+
     lines = [
-        f"- {name}: " + ", ".join(f"{part} {parts[part]}" for part in order if part in parts)
+        f"- {name}: " + ", ".join(f"{part} {parts[part]}" for part in sorted(parts, key=order))
         for name, parts in counts.items()
     ]
     return "\n".join(lines) or "_no finished run yet_"
@@ -438,10 +443,14 @@ def flatness_table(records) -> str:
 LAYER_TABLES = (("W2A4", ("lsq", "fpq")), ("W2A2", ("lsq", "fpq")), ("FP", ("fp", "dnq_t4", "dnq_t3")))
 
 
-def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
-    """Per layer at ``bits``: trace, ``‖W‖²`` and ``tr·‖W‖²`` (means over seeds) of ``labels``
-    (QAT methods, or the FP-recipe networks of :func:`network_label` at ``bits="FP"``)."""
-    per = defaultdict(lambda: defaultdict(list))
+LAYER_QUANTITIES = ("trace", "kernel_norm_sq", "trace_times_norm_sq")
+
+
+def layer_records(records, bits: str, labels) -> dict[str, dict[str, dict[int, dict]]]:
+    """``{layer: {label: {seed: values}}}`` of the per-layer flatness records at ``bits`` of
+    ``labels`` (QAT methods, or the FP-recipe networks of :func:`network_label` at ``bits="FP"``),
+    for the layers with a kernel (``kernel_norm_sq``)."""
+    per: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         if r["kind"] != "train" or r["group"] not in ("qat", "fp") or r["bits"] != bits:
             continue
@@ -449,7 +458,14 @@ def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
         if label in labels:
             for layer, values in ((r.get("flatness") or {}).get("layers") or {}).items():
                 if "kernel_norm_sq" in values:
-                    per[layer][label].append(values)
+                    per[layer][label][r["seed"]] = values
+    return per
+
+
+def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
+    """Per layer at ``bits``: trace, ``‖W‖²`` and ``tr·‖W‖²`` (means over seeds) of ``labels``
+    (see :func:`layer_records`)."""
+    per = layer_records(records, bits, labels)
     if not per:
         return "_no per-layer records yet_"
     header = "| layer | " + " | ".join(f"{m}: tr / ‖W‖² / tr·‖W‖²" for m in labels) + " |"
@@ -457,22 +473,16 @@ def layer_table(records, bits: str = "W2A2", labels=("lsq", "fpq")) -> str:
     for layer in sorted(per):
         cells = []
         for method in labels:
-            items = per[layer][method]
+            items = list(per[layer][method].values())
             if not items:
                 cells.append("–")
                 continue
-            mean = {
-                k: sum(i[k] for i in items) / len(items)
-                for k in ("trace", "kernel_norm_sq", "trace_times_norm_sq")
-            }
+            mean = {k: sum(i[k] for i in items) / len(items) for k in LAYER_QUANTITIES}
             cells.append(
                 f"{mean['trace']:.3g} / {mean['kernel_norm_sq']:.3g} / {mean['trace_times_norm_sq']:.3g}"
             )
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-LAYER_QUANTITIES = ("trace", "kernel_norm_sq", "trace_times_norm_sq")
 
 
 def layer_ratio_table(records, bits: str, method: str, baseline: str) -> str:
@@ -481,21 +491,17 @@ def layer_ratio_table(records, bits: str, method: str, baseline: str) -> str:
     with the smallest and largest per-seed ratio. The log of the trace ratio is the log of the
     ``tr·‖W‖²`` ratio minus the log of the ``‖W‖²`` ratio: the table splits a change of a layer's
     trace into a change of kernel scale and a change that kernel scale cannot explain."""
-    per: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        if r["kind"] != "train" or r["group"] not in ("qat", "fp") or r["bits"] != bits:
-            continue
-        label = network_label(r) if r["group"] == "fp" else r["method"]
-        if label in (method, baseline):
-            for layer, values in ((r.get("flatness") or {}).get("layers") or {}).items():
-                if all(values.get(k, 0) > 0 for k in LAYER_QUANTITIES):
-                    per[layer][label][r["seed"]] = values
+    per = layer_records(records, bits, (method, baseline))
     lines = [
         "| layer | tr ratio | ‖W‖² ratio | tr·‖W‖² ratio | seeds |",
         "|---|---|---|---|---|",
     ]
     for layer in sorted(per):
-        seeds = sorted(set(per[layer][method]) & set(per[layer][baseline]))
+        seeds = sorted(
+            seed
+            for seed in set(per[layer][method]) & set(per[layer][baseline])
+            if all(per[layer][label][seed][k] > 0 for label in (method, baseline) for k in LAYER_QUANTITIES)
+        )
         if not seeds:
             continue
         cells = []
@@ -540,11 +546,10 @@ def run_hours(record: dict[str, Any]) -> float:
 def total_cost_text(results, target_h: float = COST_TARGET_H) -> str:
     """The study's measured wall-clock in all, by stage (pilot, tuning, grid) and for the
     superseded trainings, against the protocol's target; a finished run's hours, summed."""
-    stage_of = {"pilot": "pilot", "tuning": "tuning"}
     hours: dict[str, float] = defaultdict(float)
     finished = [r for r in results.get("runs", []) if r.get("status") == OK]
     for r in finished:
-        hours[stage_of.get(r.get("group"), "grid")] += run_hours(r)
+        hours[r["group"] if r.get("group") in ("pilot", "tuning") else "grid"] += run_hours(r)
     superseded = sum(run_hours(r) for r in results.get("superseded_runs", []))
     total = sum(hours.values())
     stages = ", ".join(
