@@ -103,6 +103,21 @@ def test_ste_gradient_is_one_inside_and_zero_outside():
     inside = np.array([0, 0, 1, 1, 1, 1, 1, 0, 0], np.float32)
     grad = jax.grad(lambda v: qz.fake_quantize(v, step, zero, q_min, q_max).sum())(x)
     np.testing.assert_array_equal(grad, inside)
+    assert float(qz.clipped_fraction(x, step, zero, q_min, q_max)) == pytest.approx(4 / 9)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_clipped_fraction_is_the_share_of_zero_straight_through_gradients(signed):
+    """Per-channel steps and zero points: the fraction equals the share of entries whose
+    autodiff gradient through :func:`fake_quantize` is zero."""
+    rng = qz.int_range(2, signed)
+    kernel = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 4, 5))
+    step = jnp.array([0.2, 0.5, 1.0, 0.05, 0.3]).reshape(1, 1, 1, 5)
+    zero = jnp.array([0.0, 1.0, -1.0, 0.0, 2.0]).reshape(1, 1, 1, 5) * (not signed)
+    grad = jax.grad(lambda v: qz.fake_quantize(v, step, zero, rng.q_min, rng.q_max).sum())(kernel)
+    expected = float(np.mean(np.asarray(grad) == 0.0))
+    assert 0.0 < expected < 1.0
+    assert float(qz.clipped_fraction(kernel, step, zero, rng.q_min, rng.q_max)) == pytest.approx(expected)
 
 
 def lsq_step_gradient_formula(x, step, zero, q_min, q_max):

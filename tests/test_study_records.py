@@ -19,7 +19,8 @@ def specs(children: tuple[str, ...], archive: bool = False) -> list[RunSpec]:
     for name in children:
         qat = tiny_config(method__name="lsq", train__num_steps=4, train__checkpoint_every=4)
         qat.quant.w_bits = qat.quant.a_bits = 2 if name == "w2" else 4
-        out.append(RunSpec(name, "train", qat, {"method": "lsq"}, parent="fp", flatness=True))
+        labels = {"method": "lsq"}
+        out.append(RunSpec(name, "train", qat, labels, parent="fp", flatness=True, weight_clipping=True))
     return out
 
 
@@ -46,12 +47,19 @@ def test_runs_come_from_the_results_file_unless_a_later_run_needs_their_checkpoi
     here, there = {"cpu_model": "A", "cpus": 2}, {"cpu_model": "B", "cpus": 2}
     first, trained = run(tmp_path, ("w4",), header={"machine": here})
     assert trained == ["fp", "w4"] and first["w4"]["flatness"]["status"] == "ok"
+    clipping = first["w4"].pop("weight_clipping")
+    kernels = {name for name, layer in first["w4"]["flatness"]["layers"].items() if "kernel_norm_sq" in layer}
+    assert clipping["status"] == "ok" and set(clipping["layers"]) == kernels
     assert first["fp"]["machine"] == first["w4"]["machine"] == here  # a record names its machine
     digest = first["fp"]["checkpoint_digest"]
     assert first["w4"]["parent_digest"] == digest != first["w4"]["checkpoint_digest"]
 
-    # A fresh checkout: no workdir, the results file is there. Nothing trains.
+    # A fresh checkout: no workdir, the results file is there. Nothing trains, also for a
+    # record written before the weight clipping was measured (it is not a required analysis).
     shutil.rmtree(tmp_path / "runs")
+    file = results(tmp_path)
+    file["runs"][1].pop("weight_clipping")
+    (tmp_path / "results.json").write_text(json.dumps(file))
     lines = []
     again, trained = run(tmp_path, ("w4",), lines=lines)
     status_lines = [line for line in lines if line.endswith(" of 2]")]

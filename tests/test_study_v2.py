@@ -297,3 +297,38 @@ def test_the_compilation_cache_serves_a_second_process_the_same_executable(tmp_p
     entries = sorted(os.listdir(folder))
     again_folder, again = run()
     assert (again_folder, again) == (folder, first) and sorted(os.listdir(folder)) == entries  # a hit
+
+
+def test_weight_clipping_counts_the_latent_weights_outside_each_grid():
+    """Against the definition computed here from the kernel, its per-channel step and zero
+    point (the policy's unsigned asymmetric weight grid): a kernel grown 4× with its step kept
+    clips far more than its neighbour."""
+    import jax
+    from flax import traverse_util
+
+    from jaxquant.models import create_model
+    from jaxquant.quant.calibration import calibrate
+    from jaxquant.quant.policy import QuantPolicy
+    from jaxquant.study.adapters import weight_clipping
+
+    model = create_model("cnn6", 10, QuantPolicy(w_bits=2, a_bits=4))
+    images = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+    variables = calibrate(model, model.init(jax.random.PRNGKey(1), images), images)
+    params = traverse_util.flatten_dict(variables["params"], sep="/")
+    params["conv1/kernel"] = params["conv1/kernel"] * 4.0
+    variables = {**variables, "params": traverse_util.unflatten_dict(params, sep="/")}
+    state = traverse_util.flatten_dict(variables["quant_state"], sep="/")
+    record = weight_clipping(model, variables, images)
+    assert record["status"] == "ok"
+    assert {layer: entry["bits"] for layer, entry in record["layers"].items()} == {
+        "conv0": 8,
+        **{f"conv{i}": 2 for i in range(1, 6)},
+        "head": 8,
+    }
+    for layer, entry in record["layers"].items():
+        kernel = np.asarray(params[f"{layer}/kernel"], np.float64)
+        scaled = kernel / np.abs(np.asarray(params[f"{layer}/weight_quant/step"], np.float64))
+        scaled = scaled + np.asarray(state.get(f"{layer}/weight_quant/zero_point", 0.0))
+        expected = np.mean((scaled < 0) | (scaled > 2 ** entry["bits"] - 1))  # unsigned, zero point
+        assert entry["clipped"] == pytest.approx(expected, abs=1e-6), layer
+    assert record["layers"]["conv1"]["clipped"] > 0.3 > record["layers"]["conv2"]["clipped"]

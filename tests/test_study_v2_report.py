@@ -324,3 +324,19 @@ def test_report_only_regenerates_from_the_json(synthetic, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 2 and missing.stderr.startswith("study_v2: error:")
+
+
+def test_clipping_table_gives_each_method_s_mean_and_per_seed_percentages():
+    def run(seed, method, conv1, head):
+        layers = {"conv1": {"clipped": conv1, "bits": 2}, "head": {"clipped": head, "bits": 8}}
+        return {**qat(seed, method, "W2A2", 0.8, 1.0), "weight_clipping": {"status": "ok", "layers": layers}}
+
+    records = [run(3, "lsq", 0.01, 0.0), run(4, "lsq", 0.02, 0.0), run(3, "fpq", 0.30, 0.001)]
+    records += [qat(0, "fpq", "W2A2", 0.8, 1.0)]  # recorded before change 7: left out
+    rows = report.clipping_table(records, "W2A2").splitlines()
+    assert rows[0] == "| layer | lsq | fpq |"
+    assert rows[2:] == [
+        "| conv1 (2-bit) | 1.5 (1.0, 2.0) | 30.0 (30.0) |",
+        "| head (8-bit) | 0.0 (0.0, 0.0) | 0.1 (0.1) |",
+    ]
+    assert report.clipping_table(records, "W2A4") == "_no clipping records yet_"

@@ -514,6 +514,37 @@ def layer_ratio_table(records, bits: str, method: str, baseline: str) -> str:
     return "\n".join(lines) if len(lines) > 2 else "_no paired per-layer records yet_"
 
 
+CLIPPING_BITS = ("W4A4", "W2A4", "W2A2")
+
+
+def clipping_table(records, bits: str) -> str:
+    """Per layer at ``bits``: the percentage of its latent weights outside its grid
+    (``weight_clipping``, protocol change 7) for each QAT method that recorded it, as the mean
+    over seeds with the per-seed values in seed order; the layer's weight bits beside its name."""
+    per: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    layer_bits, methods = {}, []
+    for r in records:
+        clipping = r.get("weight_clipping") or {}
+        if r["kind"] != "train" or r["group"] != "qat" or r["bits"] != bits or clipping.get("status") != OK:
+            continue
+        if r["method"] not in methods:
+            methods.append(r["method"])
+        for layer, values in clipping["layers"].items():
+            per[layer][r["method"]][r["seed"]] = 100.0 * values["clipped"]
+            layer_bits[layer] = values["bits"]
+    if not per:
+        return "_no clipping records yet_"
+    lines = ["| layer | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for layer in sorted(per):
+        cells = []
+        for method in methods:
+            values = [per[layer][method][seed] for seed in sorted(per[layer][method])]
+            per_seed = ", ".join(f"{v:.1f}" for v in values)
+            cells.append(f"{sum(values) / len(values):.1f} ({per_seed})" if values else "–")
+        lines.append(f"| {layer} ({layer_bits[layer]}-bit) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cost_table(results) -> str:
     """Measured wall-clock per method (training run, its flatness record excluded): mean ± std
     over the grid and tuning runs (the pilot, longer, is left out) and the ratio of the means to
@@ -887,6 +918,15 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
             for claim in CLAIMS_V2
             if claim.metric == "log_trace"
         ),
+        "",
+        "Latent weights outside the grid, % (protocol, change 7: measured from seed 3 on, "
+        "descriptive, no verdict): the weights whose `x/s + z` falls outside the quantizer's grid, so "
+        "that the straight-through estimator gives them no gradient and they add nothing to a Hessian "
+        "trace taken over the latent weights. A kernel that grows while its step does not (a trace "
+        "that falls with a ‖W‖² that rises) shows here. Mean over the seeds that recorded it (per "
+        "seed):",
+        "",
+        "\n\n".join(f"{bits}:\n\n{clipping_table(records, bits)}" for bits in CLIPPING_BITS),
         "",
         image_line("trace trajectories", trajectory, md_path, "none recorded yet"),
         "",

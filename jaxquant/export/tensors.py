@@ -1,8 +1,9 @@
 """A quantized network's variables as integer tensors and a manifest (what ``mode='export'`` writes).
 
 The quantizers' effective values are read from a real forward pass of the fake-quantized model
-(:func:`capture_quantizers`: every quantizer's ``(x̂, s)`` as the evaluation uses them), so the
-exported step is the one the fake-quantized network multiplies by, to the last bit.
+(:func:`~jaxquant.quant.layers.capture_quantizers`: every quantizer's ``(x̂, s)`` as the
+evaluation uses them), so the exported step is the one the fake-quantized network multiplies
+by, to the last bit.
 
 Per conv/dense layer the safetensors file holds (``<layer>`` is the module path, e.g.
 ``stage0_block0/conv1``):
@@ -23,15 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.export.integer import integer_dtype, pack_codes
 from jaxquant.quant import baselines
 from jaxquant.quant import quantizers as qz
-from jaxquant.quant.layers import QUANT_STATE, Quantizer, elements_per_step
+from jaxquant.quant.layers import QUANT_STATE, capture_quantizers, elements_per_step
 
 WEIGHT_KINDS = ("lsq", "dorefa")
 INPUT_KINDS = ("lsq", "lsq_plus", "pact", "dorefa")
@@ -45,21 +44,6 @@ BN_HANDLING = {
         "would change the float rounding that the fake-quantized network is compared with"
     ),
 }
-
-
-def capture_quantizers(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> dict[str, Any]:
-    """``{quantizer path: (input, x̂, s)}`` of one evaluation-mode forward pass of ``images``."""
-    captured = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if isinstance(context.module, Quantizer) and context.method_name == "__call__":
-            captured["/".join(context.module.scope.path)] = (args[0], *out)
-        return out
-
-    with nn.intercept_methods(interceptor):
-        model.apply(variables, images, train=False)
-    return captured
 
 
 def layer_variables(tree: dict[str, Any], path: str) -> dict[str, Any]:
@@ -188,8 +172,9 @@ def export_tensors(model, variables, graph, images, pack: bool):
                 raise ValueError(
                     f"layer {name} is not quantized: the integer evaluator needs both quantizers"
                 )
-            _, w_hat, w_step = captured[f"{name}/weight_quant"]
-            x, _, x_step = captured[f"{name}/input_quant"]
+            weight_call, input_call = captured[f"{name}/weight_quant"], captured[f"{name}/input_quant"]
+            w_hat, w_step = weight_call.output, weight_call.step
+            x, x_step = input_call.input, input_call.step
             zero = layer_state.get("weight_quant", {}).get("zero_point", 0.0)
             w_tensors, weight = weight_tensors(quant.weight, w_hat, w_step, zero, pack, name)
             x_tensors, quantizer = input_tensors(quant.input, x, x_step, layer_params, layer_state, name)

@@ -25,7 +25,7 @@ than 8 bits, per-channel input steps) is rounded to bfloat16.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -135,6 +135,35 @@ def lsq_quantizer(module: Quantizer, x: jax.Array, calibrating: bool):
         s = qz.scale_gradient(s, qz.lsq_grad_scale(n, rng.q_max))
     s = jnp.abs(s) + 1e-12
     return qz.fake_quantize(x, s, zero.value, rng.q_min, rng.q_max), s
+
+
+class QuantizerCall(NamedTuple):
+    """One quantizer's call in a forward pass: its ``input``, its ``output`` ``x̂``, its
+    effective ``step`` ``s`` and its ``spec``."""
+
+    input: jax.Array
+    output: jax.Array
+    step: jax.Array
+    spec: QuantizerSpec
+
+
+def capture_quantizers(
+    model: nn.Module, variables: dict[str, Any], images: jax.Array
+) -> dict[str, QuantizerCall]:
+    """``{quantizer path: QuantizerCall}`` of one evaluation-mode forward pass of ``images``
+    (a path such as ``conv1/weight_quant``)."""
+    captured = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, Quantizer) and context.method_name == "__call__":
+            path = "/".join(context.module.scope.path)
+            captured[path] = QuantizerCall(args[0], *out, context.module.spec)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, images, train=False)
+    return captured
 
 
 def is_quantizer_name(name: str) -> bool:

@@ -106,6 +106,20 @@ def quantize_to_int(
     return jnp.clip(jnp.round(x / step) + zero_point, q_min, q_max)
 
 
+def clipped_fraction(
+    x: jax.Array, step: jax.Array, zero_point: jax.Array, q_min: int, q_max: int
+) -> jax.Array:
+    """The fraction of ``x`` outside the grid, the entries whose straight-through gradient
+    :func:`fake_quantize` makes zero: ``mean[x/s + z < q_min or x/s + z > q_max]``.
+
+    A clipped latent weight gets no gradient from the loss (``∂x̂/∂x = 0``), so it adds
+    nothing to a Hessian taken with respect to the latent weights. ``step`` and
+    ``zero_point`` broadcast against ``x`` as in :func:`fake_quantize`.
+    """
+    scaled = x / step + zero_point
+    return jnp.mean((scaled < q_min) | (scaled > q_max))
+
+
 def lsq_grad_scale(num_elements_per_step: int, q_max: int) -> float:
     """LSQ gradient scale ``g = 1/sqrt(N·Q_P)`` with ``N`` elements sharing one step."""
     return 1.0 / float(max(num_elements_per_step * max(q_max, 1), 1)) ** 0.5

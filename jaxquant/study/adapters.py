@@ -10,6 +10,8 @@ changed interface is a one-function edit. A reader of a run's output returns ``{
   ``config.init_from``, a JSON report ``<workdir>/ptq_report.json``;
 * Hessian trace: ``jaxquant.curvature.model_objective`` and ``hutchinson_trace`` (with its
   per-layer traces), the top eigenvalue: ``top_eigenvalues``;
+* weight clipping: ``jaxquant.quant.layers.capture_quantizers`` and
+  ``jaxquant.quant.quantizers.clipped_fraction``;
 * trace trajectory: ``config.curvature.every_steps`` / ``num_probes`` and records of kind
   ``"curvature"`` with a ``"trace"`` value in ``<workdir>/metrics.jsonl``.
 """
@@ -27,6 +29,8 @@ from flax import traverse_util
 
 from jaxquant import curvature
 from jaxquant.methods import get_method
+from jaxquant.quant.layers import QUANT_STATE, capture_quantizers
+from jaxquant.quant.quantizers import clipped_fraction, int_range
 from jaxquant.train.metrics import read_metrics
 
 OK = "ok"
@@ -164,6 +168,28 @@ def hessian_flatness(
         "top_eigenvalue_residual": float(eigen.residuals[0]),
         "lanczos_iterations": int(eigen_iterations),
     }
+
+
+def weight_clipping(model, variables: dict[str, Any], images) -> dict[str, Any]:
+    """``{"status": "ok", "layers": {layer: {"clipped": fraction, "bits": b}}}``: per layer with
+    an LSQ weight quantizer, the fraction of its latent kernel outside the grid
+    (:func:`~jaxquant.quant.quantizers.clipped_fraction`, the weights the straight-through
+    estimator gives no gradient), read from one evaluation-mode forward pass of ``images``.
+    Expects ``capture_quantizers`` calls named ``<layer>/weight_quant`` and the zero point in
+    the ``quant_state`` collection under the same path."""
+    captured = capture_quantizers(model, variables, images)
+    state = traverse_util.flatten_dict(jax.device_get(variables.get(QUANT_STATE, {})), sep="/")
+    layers = {}
+    for path, call in captured.items():
+        if not path.endswith("/weight_quant") or call.spec.kind != "lsq":
+            continue
+        grid = int_range(call.spec.bits, call.spec.signed)
+        zero = state.get(f"{path}/zero_point", 0.0)
+        fraction = clipped_fraction(call.input, call.step, zero, grid.q_min, grid.q_max)
+        layers[curvature.layer_name(f"{path}/step")] = {"clipped": float(fraction), "bits": call.spec.bits}
+    if not layers:
+        return unavailable("the network has no LSQ weight quantizer")
+    return {"status": OK, "layers": layers}
 
 
 def enable_trace_trajectory(config: ml_collections.ConfigDict, every_steps: int, num_probes: int) -> None:

@@ -55,6 +55,10 @@ class RunSpec:
     # the flatness record of the final checkpoint: trace, per-layer traces and kernel norms,
     # top eigenvalue (:func:`checkpoint_flatness`)
     flatness: bool = False
+    # the fraction of each layer's latent weights outside its grid in the final checkpoint
+    # (:func:`checkpoint_weight_clipping`); not in :meth:`Study.analysis_keys`, so a record
+    # without it stays complete
+    weight_clipping: bool = False
     # compared with runs from the same parent: its record is valid only with the parent
     # checkpoint it started from (``parent_digest``), so a parent trained again to another
     # checkpoint makes it train again
@@ -240,6 +244,14 @@ def checkpoint_flatness(finished: FinishedRun, settings: TraceSettings) -> dict:
     return {**result, "batch_size": int(len(batches["label"][0])), "wall_time_s": time.time() - start}
 
 
+def checkpoint_weight_clipping(finished: FinishedRun, settings: TraceSettings) -> dict:
+    """The fraction of each layer's latent weights outside its grid in the run's final
+    checkpoint (:func:`~jaxquant.study.adapters.weight_clipping`, a forward pass of the fixed
+    probe batch); descriptive, beside the flatness record."""
+    variables, batches = probe_inputs(finished, settings)
+    return adapters.weight_clipping(finished.run.ctx.model, variables, batches["image"][0])
+
+
 def start_and_teacher_accuracy(finished: FinishedRun) -> dict:
     """Test accuracy of a QAT run's starting point, the network its first step sees (init,
     ``init_from`` loaded, quantizers calibrated: rebuilt from the config), and, for a method
@@ -372,7 +384,8 @@ class Study:
     @staticmethod
     def analysis_keys(spec: RunSpec) -> list[str]:
         """The measured analyses :meth:`complete_analyses` adds to ``spec``'s record (the
-        loss-term ratios, read from the metrics when the workdir is there, are not among them)."""
+        loss-term ratios, read from the metrics when the workdir is there, and the weight
+        clipping, added after the grid began, are not among them)."""
         keys = ["trace"] * spec.trace + ["flatness"] * spec.flatness
         return keys + ["bn_reestimated", "start"] * spec.qat_analyses + ["trajectory"] * spec.trajectory
 
@@ -558,19 +571,22 @@ class Study:
 
     def complete_analyses(self, spec: RunSpec, record: dict[str, Any], workdir: str) -> dict[str, Any]:
         """Add the analyses that are missing or failed (e.g. the curvature tools arrived after
-        the run trained): the Hessian trace, the trajectory, and for QAT the accuracy after
-        BatchNorm re-estimation and of the starting point; save the record as finished. A
-        failed analysis is recorded and retried on the next call; the training is kept."""
+        the run trained): the Hessian trace, the flatness record, the weights outside the grid,
+        the trajectory, and for QAT the accuracy after BatchNorm re-estimation and of the
+        starting point; save the record as finished. A failed analysis is recorded and retried
+        on the next call; the training is kept."""
         record = dict(record)
-        finished = FinishedRun(self.run_config(spec), workdir)
+        finished, settings = FinishedRun(self.run_config(spec), workdir), self.trace_settings
         measures = []
         if spec.trace:
-            measures.append(("trace", lambda: checkpoint_trace(finished, self.trace_settings)))
+            measures.append(("trace", lambda: checkpoint_trace(finished, settings)))
         if spec.flatness:
-            measures.append(("flatness", lambda: checkpoint_flatness(finished, self.trace_settings)))
+            measures.append(("flatness", lambda: checkpoint_flatness(finished, settings)))
         if spec.qat_analyses:
             measures.append(("bn_reestimated", lambda: bn_reestimated_accuracy(finished)))
             measures.append(("start", lambda: start_and_teacher_accuracy(finished)))
+        if spec.weight_clipping:
+            measures.append(("weight_clipping", lambda: checkpoint_weight_clipping(finished, settings)))
         for key, measure in measures:
             if (record.get(key) or {}).get("status") == OK:
                 continue
