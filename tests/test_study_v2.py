@@ -327,8 +327,11 @@ def test_weight_clipping_counts_the_latent_weights_outside_each_grid():
     }
     for layer, entry in record["layers"].items():
         kernel = np.asarray(params[f"{layer}/kernel"], np.float64)
-        scaled = kernel / np.abs(np.asarray(params[f"{layer}/weight_quant/step"], np.float64))
-        scaled = scaled + np.asarray(state.get(f"{layer}/weight_quant/zero_point", 0.0))
-        expected = np.mean((scaled < 0) | (scaled > 2 ** entry["bits"] - 1))  # unsigned, zero point
+        step = np.abs(np.asarray(params[f"{layer}/weight_quant/step"], np.float64))
+        zero = np.asarray(state.get(f"{layer}/weight_quant/zero_point", 0.0))
+        scaled, q_max = kernel / step + zero, 2 ** entry["bits"] - 1  # unsigned grid, zero point
+        expected = np.mean((scaled < 0) | (scaled > q_max))
         assert entry["clipped"] == pytest.approx(expected, abs=1e-6), layer
+        quantized = (np.clip(np.round(scaled), 0, q_max) - zero) * step
+        assert entry["quantized_norm_sq"] == pytest.approx(float(np.sum(quantized**2)), rel=1e-5), layer
     assert record["layers"]["conv1"]["clipped"] > 0.3 > record["layers"]["conv2"]["clipped"]

@@ -340,3 +340,20 @@ def test_clipping_table_gives_each_method_s_mean_and_per_seed_percentages():
         "| head (8-bit) | 0.0 (0.0, 0.0) | 0.1 (0.1) |",
     ]
     assert report.clipping_table(records, "W2A4") == "_no clipping records yet_"
+
+
+def test_clipping_ratios_correct_the_trace_by_the_quantized_kernel_s_scale():
+    def run(seed, method, trace, clipped, quantized):
+        record = qat(seed, method, "W2A2", 0.8, 2 * trace)  # conv1's trace is half the total
+        layers = {"conv1": {"clipped": clipped, "bits": 2, "quantized_norm_sq": quantized}}
+        return {**record, "weight_clipping": {"status": "ok", "layers": layers}}
+
+    # FPQ's conv1 trace 1/2 and 1/8 of LSQ's, its ‖Ŵ‖² 2x and 4x: tr·‖Ŵ‖² 1 and 1/2.
+    records = [run(3, "lsq", 4.0, 0.02, 10.0), run(3, "fpq", 2.0, 0.40, 20.0)]
+    records += [run(4, "lsq", 8.0, 0.04, 10.0), run(4, "fpq", 1.0, 0.60, 40.0), run(5, "fpq", 1.0, 0.5, 1.0)]
+    records += [qat(2, "lsq", "W2A2", 0.8, 1.0)]  # no clipping record: left out
+    rows = report.clipping_ratio_table(records, "W2A2", "fpq", "lsq").splitlines()
+    norms, products = math.sqrt(2 * 4), math.sqrt(1 * 0.5)
+    assert rows[0] == "| layer | clipped % fpq / lsq | ‖Ŵ‖² ratio | tr·‖Ŵ‖² ratio | seeds |"
+    assert rows[2:] == [f"| conv1 | 50.0 / 3.0 | {norms:.3g} (2–4) | {products:.3g} (0.5–1) | 2 |"]
+    assert report.clipping_ratio_table(records, "W2A4", "fpq", "lsq") == "_no paired clipping records yet_"

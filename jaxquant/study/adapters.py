@@ -171,10 +171,14 @@ def hessian_flatness(
 
 
 def weight_clipping(model, variables: dict[str, Any], images) -> dict[str, Any]:
-    """``{"status": "ok", "layers": {layer: {"clipped": fraction, "bits": b}}}``: per layer with
-    an LSQ weight quantizer, the fraction of its latent kernel outside the grid
-    (:func:`~jaxquant.quant.quantizers.clipped_fraction`, the weights the straight-through
-    estimator gives no gradient), read from one evaluation-mode forward pass of ``images``.
+    """``{"status": "ok", "layers": {layer: {"clipped": fraction, "bits": b, "quantized_norm_sq":
+    ‖Ŵ‖²}}}``: per layer with an LSQ weight quantizer, the fraction of its latent kernel outside
+    the grid (:func:`~jaxquant.quant.quantizers.clipped_fraction`, the weights the
+    straight-through estimator gives no gradient) and the squared norm of the fake-quantized
+    kernel ``Ŵ`` that the layer multiplies by, read from one evaluation-mode forward pass of
+    ``images``. For a Conv→BN layer the loss is invariant to the scale of ``Ŵ``, and an
+    unclipped latent weight's Hessian diagonal is ``Ŵ``'s (the estimator passes it straight
+    through), so ``tr_l·‖Ŵ_l‖²`` is the scale-free curvature of the weights that get a gradient.
     Expects ``capture_quantizers`` calls named ``<layer>/weight_quant`` and the zero point in
     the ``quant_state`` collection under the same path."""
     captured = capture_quantizers(model, variables, images)
@@ -186,7 +190,12 @@ def weight_clipping(model, variables: dict[str, Any], images) -> dict[str, Any]:
         grid = int_range(call.spec.bits, call.spec.signed)
         zero = state.get(f"{path}/zero_point", 0.0)
         fraction = clipped_fraction(call.input, call.step, zero, grid.q_min, grid.q_max)
-        layers[curvature.layer_name(f"{path}/step")] = {"clipped": float(fraction), "bits": call.spec.bits}
+        quantized = float(np.sum(np.square(np.asarray(call.output, np.float64))))
+        layers[curvature.layer_name(f"{path}/step")] = {
+            "clipped": float(fraction),
+            "bits": call.spec.bits,
+            "quantized_norm_sq": quantized,
+        }
     if not layers:
         return unavailable("the network has no LSQ weight quantizer")
     return {"status": OK, "layers": layers}
