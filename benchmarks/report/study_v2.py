@@ -563,8 +563,9 @@ def clipping_ratio_table(records, bits: str, method: str, baseline: str) -> str:
         if not (pair and measured and r["method"] in (method, baseline)):
             continue
         for layer, values in clipping["layers"].items():
-            trace = flatness["layers"][layer]["trace"]
-            per[layer][r["method"]][r["seed"]] = (values["clipped"], values["quantized_norm_sq"], trace)
+            if "quantized_norm_sq" in values:  # the first records of change 7 lack it
+                trace = flatness["layers"][layer]["trace"]
+                per[layer][r["method"]][r["seed"]] = (values["clipped"], values["quantized_norm_sq"], trace)
     lines = [
         f"| layer | clipped % {method} / {baseline} | ‖Ŵ‖² ratio | tr·‖Ŵ‖² ratio | seeds |",
         "|---|---|---|---|---|",
@@ -580,6 +581,16 @@ def clipping_ratio_table(records, bits: str, method: str, baseline: str) -> str:
         row = [layer, f"{clipped[0]:.1f} / {clipped[1]:.1f}", norms, products, str(len(seeds))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) if len(lines) > 2 else "_no paired clipping records yet_"
+
+
+def trace_claim_tables(table, records, quantized_only: bool = False) -> str:
+    """``table(records, bits, method, baseline)`` for each trace claim's pair (only those at
+    quantized bits when ``quantized_only``), each under the claim's id and pair."""
+    claims = [c for c in CLAIMS_V2 if c.metric == "log_trace" and not (quantized_only and c.bits == "FP")]
+    return "\n\n".join(
+        f"{c.id}, {c.method} / {c.baseline} at {c.bits}:\n\n" + table(records, c.bits, c.method, c.baseline)
+        for c in claims
+    )
 
 
 def cost_table(results) -> str:
@@ -949,12 +960,7 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "‖W‖² ratio is above 1 and tr·‖W‖² ratio near 1 is a change of kernel scale, not of the "
         "function's curvature.",
         "",
-        "\n\n".join(
-            f"{claim.id}, {claim.method} / {claim.baseline} at {claim.bits}:\n\n"
-            + layer_ratio_table(records, claim.bits, claim.method, claim.baseline)
-            for claim in CLAIMS_V2
-            if claim.metric == "log_trace"
-        ),
+        trace_claim_tables(layer_ratio_table, records),
         "",
         "Latent weights outside the grid, % (protocol, change 7: measured from seed 3 on, "
         "descriptive, no verdict): the weights whose `x/s + z` falls outside the quantizer's grid, so "
@@ -971,12 +977,7 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         "weight's curvature straight through, so `tr·‖Ŵ‖²` is the scale-free curvature of the "
         "weights that get a gradient (the clipped ones add none). Descriptive, no verdict:",
         "",
-        "\n\n".join(
-            f"{claim.id}, {claim.method} / {claim.baseline} at {claim.bits}:\n\n"
-            + clipping_ratio_table(records, claim.bits, claim.method, claim.baseline)
-            for claim in CLAIMS_V2
-            if claim.metric == "log_trace" and claim.bits != "FP"
-        ),
+        trace_claim_tables(clipping_ratio_table, records, quantized_only=True),
         "",
         image_line("trace trajectories", trajectory, md_path, "none recorded yet"),
         "",
