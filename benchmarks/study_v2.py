@@ -130,8 +130,8 @@ def qat_spec(seed, bits, label, method, fields, epochs, group="qat", run_id=""):
     labels = dict(
         seed=seed, group=group, method=label, bits=bits_label(*bits), w_bits=bits[0], a_bits=bits[1]
     )
-    spec = RunSpec(run_id, "train", config, labels, parent=f"seed{seed}/fp", flatness=True)
-    spec.weight_clipping = True  # protocol, change 7
+    parent = f"seed{seed}/fp"
+    spec = RunSpec(run_id, "train", config, labels, parent, flatness=True, weight_clipping=True)  # change 7
     spec.trajectory = label in TRAJECTORY_METHODS and tuple(bits) == TRAJECTORY_BITS
     return spec
 

@@ -122,14 +122,16 @@ def hessian_trace(model, variables: dict[str, Any], batches: dict[str, Any], num
     }
 
 
+def squared_norm(x) -> float:
+    """``‖x‖²``, the squared Frobenius norm, summed in float64."""
+    return float(np.sum(np.square(np.asarray(x, np.float64))))
+
+
 def kernel_norms(params) -> dict[str, float]:
     """``‖W_l‖²`` (squared Frobenius norm) of every layer's ``kernel``, by layer name."""
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    return {
-        curvature.layer_name(path): float(np.sum(np.square(np.asarray(leaf, np.float64))))
-        for path, leaf in flat.items()
-        if path.endswith("kernel")
-    }
+    kernels = {path: leaf for path, leaf in flat.items() if path.endswith("kernel")}
+    return {curvature.layer_name(path): squared_norm(leaf) for path, leaf in kernels.items()}
 
 
 def hessian_flatness(
@@ -190,11 +192,10 @@ def weight_clipping(model, variables: dict[str, Any], images) -> dict[str, Any]:
         grid = int_range(call.spec.bits, call.spec.signed)
         zero = state.get(f"{path}/zero_point", 0.0)
         fraction = clipped_fraction(call.input, call.step, zero, grid.q_min, grid.q_max)
-        quantized = float(np.sum(np.square(np.asarray(call.output, np.float64))))
         layers[curvature.layer_name(f"{path}/step")] = {
             "clipped": float(fraction),
             "bits": call.spec.bits,
-            "quantized_norm_sq": quantized,
+            "quantized_norm_sq": squared_norm(call.output),
         }
     if not layers:
         return unavailable("the network has no LSQ weight quantizer")
