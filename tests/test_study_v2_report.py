@@ -357,3 +357,22 @@ def test_clipping_ratios_correct_the_trace_by_the_quantized_kernel_s_scale():
     assert rows[0] == "| layer | clipped % fpq / lsq | ‖Ŵ‖² ratio | tr·‖Ŵ‖² ratio | seeds |"
     assert rows[2:] == [f"| conv1 | 50.0 / 3.0 | {norms:.3g} (2–4) | {products:.3g} (0.5–1) | 2 |"]
     assert report.clipping_ratio_table(records, "W2A4", "fpq", "lsq") == "_no paired clipping records yet_"
+
+
+def test_context_pairs_give_paired_intervals_without_a_verdict(synthetic):
+    records = report.grid_records(synthetic)
+    lines = report.context_table(records).splitlines()[2:]
+    assert len(lines) == len(report.CONTEXT_COMPARISONS)
+    rows = {" ".join(line.strip("| ").split(" | ")[:3]): line for line in lines}
+    # the mse PTQ pair, from the raw records: per-seed means over the draws, then a t-interval
+    by_seed = {}
+    for r in records:
+        if r["kind"] == "ptq" and r["observer"] == "mse" and r["target_bits"] in (None, 3):
+            by_seed.setdefault((r["seed"], r["source"]), []).append(r["ptq"]["accuracy_by_bits"]["3"])
+    d = np.array([100 * (np.mean(by_seed[s, "dnq"]) - np.mean(by_seed[s, "fp"])) for s in SEEDS])
+    low, high = scipy_stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy_stats.sem(d))
+    row = rows["DNQ t3 − FP, PTQ mse W3A3 test accuracy"]
+    assert f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}] pt" in row and row.endswith("| 5 |")
+    assert ", ".join(f"{v:+.2f}" for v in d) in row
+    assert "no paired runs yet" in rows["SAM − LSQ W2A4 log trace ratio"]  # no SAM in the synthetic grid
+    assert "reproduced" not in report.context_table(records)

@@ -224,6 +224,20 @@ def p_text(p: float | None) -> str:
     return "–" if p is None else f"{p:.3g}"
 
 
+def difference_cells(
+    metric: str, method_values, baseline_values, interval: stats.Interval, sign: int = 1
+) -> tuple[str, str]:
+    """A pair's per-seed differences ``method − baseline`` and its ``mean [95 % CI]``, in the
+    metric's own sign and unit; ``interval`` is that of ``sign·(method − baseline)``."""
+    factor, unit = scale(metric)
+    diffs = ", ".join(f"{factor * (a - b):+.2f}" for a, b in zip(method_values, baseline_values, strict=True))
+    mean = sign * interval.mean * factor
+    if interval.low is None:
+        return diffs, f"{mean:+.2f}{unit}"
+    low, high = sorted((sign * interval.low * factor, sign * interval.high * factor))
+    return diffs, f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{unit}"
+
+
 def claims_table(outcomes: list[ClaimOutcome]) -> str:
     lines = [
         "| claim | family | bits | per-seed method − baseline | mean [95 % CI] | p_sup (Holm) | "
@@ -231,24 +245,15 @@ def claims_table(outcomes: list[ClaimOutcome]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        factor, unit = scale(o.claim.metric)
         if o.test is None:
             name = f"{o.claim.id} {o.claim.text}"
             row = [name, o.claim.family, o.claim.bits, "no paired runs yet", "–", "–", "–"]
             lines.append("| " + " | ".join([*row, f"{stats.INCONCLUSIVE} (n=0)", o.claim.paper]) + " |")
             continue
-        diffs = ", ".join(
-            f"{factor * (a - b):+.2f}" for a, b in zip(o.method_values, o.baseline_values, strict=True)
-        )
-        interval = o.test.interval
         # the test's interval is oriented (claim direction); report it in the metric's own sign
-        sign = o.claim.direction
-        mean = sign * interval.mean * factor
-        if interval.low is None:
-            ci = f"{mean:+.2f}{unit}"
-        else:
-            low, high = sorted((sign * interval.low * factor, sign * interval.high * factor))
-            ci = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{unit}"
+        diffs, ci = difference_cells(
+            o.claim.metric, o.method_values, o.baseline_values, o.test.interval, o.claim.direction
+        )
         lines.append(
             f"| {o.claim.id} {o.claim.text} | {o.claim.family} | {o.claim.bits} | {diffs} | {ci} | "
             f"{p_text(o.test.p_superiority)} ({p_text(o.holm_superiority)}) | "
@@ -294,6 +299,58 @@ def undecided_text(outcomes: list[ClaimOutcome], alpha: float = 0.05) -> str:
         "log trace; the seeds are a projection that holds the measured mean and s_d, with each "
         "one-sided test at α/k for the k claims of its family):\n\n" + "\n".join(lines)
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A pair that the protocol reports beside the claims (§1: "never in a family"): ``method``
+    vs ``baseline`` on ``metric`` at ``bits`` (as in :class:`ClaimV2`), PTQ with ``observer``."""
+
+    text: str
+    metric: str
+    method: str
+    baseline: str
+    bits: str
+    observer: str = "minmax"
+
+
+CONTEXT_COMPARISONS = (
+    Comparison("FPQ − LSQ", "accuracy", "fpq", "lsq", "W4A4"),
+    Comparison("FPQ − LSQ", "log_trace", "fpq", "lsq", "W4A4"),
+    Comparison("FPQ SFP only − LSQ", "accuracy", "fpq_sfp_only", "lsq", "W2A4"),
+    Comparison("FPQ SFP only − LSQ", "log_trace", "fpq_sfp_only", "lsq", "W2A4"),
+    Comparison("FPQ CSD only − LSQ", "accuracy", "fpq_csd_only", "lsq", "W2A4"),
+    Comparison("FPQ CSD only − LSQ", "log_trace", "fpq_csd_only", "lsq", "W2A4"),
+    Comparison("FPQ − FPQ CSD only", "accuracy", "fpq", "fpq_csd_only", "W2A4"),
+    Comparison("SAM − LSQ", "accuracy", "sam", "lsq", "W2A4"),
+    Comparison("SAM − LSQ", "log_trace", "sam", "lsq", "W2A4"),
+    Comparison("KD − LSQ", "accuracy", "kd", "lsq", "W2A2"),
+    Comparison("FPQ − KD", "accuracy", "fpq", "kd", "W2A2"),
+    Comparison("MEC − KD", "accuracy", "mec", "kd", "W2A2"),
+    Comparison("DNQ t4 − FP, PTQ mse", "ptq@4", "dnq_t4", "fp", "W4A4", "mse"),
+    Comparison("DNQ t3 − FP, PTQ mse", "ptq@3", "dnq_t3", "fp", "W3A3", "mse"),
+)
+
+
+def context_table(records) -> str:
+    """The context pairs' per-seed differences and two-sided 95 % paired t-intervals
+    (:func:`~jaxquant.study.stats.paired_t_interval`); no test, no correction, no verdict."""
+    lines = [
+        "| pair | bits | metric | per-seed difference | mean [95 % CI] | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in CONTEXT_COMPARISONS:
+        method = values_by_seed(records, c.metric, c.method, c.bits, c.observer)
+        baseline = values_by_seed(records, c.metric, c.baseline, c.bits, c.observer)
+        seeds = sorted(set(method) & set(baseline))
+        metric = "log trace ratio" if c.metric == "log_trace" else "test accuracy"
+        if not seeds:
+            lines.append(f"| {c.text} | {c.bits} | {metric} | no paired runs yet | – | 0 |")
+            continue
+        a, b = [method[s] for s in seeds], [baseline[s] for s in seeds]
+        diffs, ci = difference_cells(c.metric, a, b, stats.paired_t_interval(a, b))
+        lines.append(f"| {c.text} | {c.bits} | {metric} | {diffs} | {ci} | {len(seeds)} |")
+    return "\n".join(lines)
 
 
 def effect_text(outcome: ClaimOutcome) -> str:
@@ -924,6 +981,12 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         claims_table(outcomes),
         "",
         undecided_text(outcomes),
+        "",
+        "Context pairs (protocol §1: reported beside the claims, never in a family; descriptive, "
+        "with no test, correction or verdict). Method − baseline on the same seeds, accuracy in points "
+        "(PTQ with the `mse` observer, mean over the draws), traces as log ratios:",
+        "",
+        context_table(records),
         "",
         image_line(
             "the claims: mean difference and 95 % interval", claims_figure, md_path, "no paired runs yet"
