@@ -376,3 +376,19 @@ def test_context_pairs_give_paired_intervals_without_a_verdict(synthetic):
     assert ", ".join(f"{v:+.2f}" for v in d) in row
     assert "no paired runs yet" in rows["SAM − LSQ W2A4 log trace ratio"]  # no SAM in the synthetic grid
     assert "reproduced" not in report.context_table(records)
+
+
+def test_the_paper_s_number_is_placed_against_our_interval(synthetic):
+    outcomes = report.evaluate_claims(report.grid_records(synthetic))
+    lines = report.paper_effect_text(outcomes).splitlines()[2:]
+    with_numbers = [o for o in outcomes if o.claim.paper_effect is not None]
+    assert len(lines) == len(with_numbers) > 0
+    for o, line in zip(with_numbers, lines, strict=True):
+        d = 100 * (np.array(o.method_values) - np.array(o.baseline_values))
+        low, high = scipy_stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy_stats.sem(d))
+        assert f"[{low:+.2f}, {high:+.2f}] pt" in line
+        effect = o.claim.paper_effect
+        expected = "inside" if low <= effect <= high else ("above" if effect > high else "below")
+        assert f"lies {expected}" in line, line
+    # the synthetic CR has no effect, so the paper's +3.79 lies above its interval
+    assert "excludes" in next(line for line in lines if line.startswith("- 2b"))

@@ -301,6 +301,30 @@ def undecided_text(outcomes: list[ClaimOutcome], alpha: float = 0.05) -> str:
     )
 
 
+def paper_effect_text(outcomes: list[ClaimOutcome]) -> str:
+    """For each claim whose paper gives a number, where that number falls against our two-sided
+    95 % interval of the same difference: inside it, or above or below it (then excluded)."""
+    lines = []
+    for o in outcomes:
+        effect = o.claim.paper_effect
+        if effect is None or o.test is None or o.test.interval.low is None:
+            continue
+        factor, unit = scale(o.claim.metric)
+        sign, interval = o.claim.direction, o.test.interval
+        low, high = sorted((sign * factor * interval.low, sign * factor * interval.high))
+        if low <= effect <= high:
+            where = "lies inside it"
+        else:
+            where = f"lies {'above' if effect > high else 'below'} it: our interval excludes it"
+        lines.append(
+            f"- {o.claim.id} at {o.claim.bits}: our 95 % interval is [{low:+.2f}, {high:+.2f}]{unit} "
+            f"(n = {len(o.seeds)}); the paper's {effect:+.2f}{unit} {where}."
+        )
+    if not lines:
+        return ""
+    return "The papers' own numbers against our intervals:\n\n" + "\n".join(lines)
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """A pair that the protocol reports beside the claims (§1: "never in a family"): ``method``
@@ -981,6 +1005,8 @@ def write_v2_report(results: dict[str, Any], md_path: str, figure_dir: str) -> s
         claims_table(outcomes),
         "",
         undecided_text(outcomes),
+        "",
+        paper_effect_text(outcomes),
         "",
         "Context pairs (protocol §1: reported beside the claims, never in a family; descriptive, "
         "with no test, correction or verdict). Method − baseline on the same seeds, accuracy in points "
