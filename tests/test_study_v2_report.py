@@ -360,9 +360,10 @@ def test_clipping_ratios_correct_the_trace_by_the_quantized_kernel_s_scale():
 
 
 def test_context_pairs_give_paired_intervals_without_a_verdict(synthetic):
-    records = report.grid_records(synthetic)
+    sam = [qat(seed, "sam", "W2A4", 0.8, 90.0 - seed) for seed in SEEDS]
+    records = report.grid_records(synthetic) + sam
     lines = report.context_table(records).splitlines()[2:]
-    assert len(lines) == len(report.CONTEXT_COMPARISONS)
+    assert len(lines) == sum(len(c.metrics) for c in report.CONTEXT_COMPARISONS)
     rows = {" ".join(line.strip("| ").split(" | ")[:3]): line for line in lines}
     # the mse PTQ pair, from the raw records: per-seed means over the draws, then a t-interval
     by_seed = {}
@@ -374,7 +375,12 @@ def test_context_pairs_give_paired_intervals_without_a_verdict(synthetic):
     row = rows["DNQ t3 − FP, PTQ mse W3A3 test accuracy"]
     assert f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}] pt" in row and row.endswith("| 5 |")
     assert ", ".join(f"{v:+.2f}" for v in d) in row
-    assert "no paired runs yet" in rows["SAM − LSQ W2A4 log trace ratio"]  # no SAM in the synthetic grid
+    # a trace pair: the per-seed log ratios, with no unit
+    lsq = {r["seed"]: r["flatness"]["value"] for r in records if r["method"] == "lsq" and r["bits"] == "W2A4"}
+    d = np.array([math.log((90.0 - s) / lsq[s]) for s in SEEDS])
+    low, high = scipy_stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy_stats.sem(d))
+    assert f"| {d.mean():+.2f} [{low:+.2f}, {high:+.2f}] | 5 |" in rows["SAM − LSQ W2A4 log trace ratio"]
+    assert "no paired runs yet" in rows["FPQ − LSQ W4A4 log trace ratio"]  # no W4A4 in the synthetic grid
     assert "reproduced" not in report.context_table(records)
 
 

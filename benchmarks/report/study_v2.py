@@ -224,6 +224,14 @@ def p_text(p: float | None) -> str:
     return "–" if p is None else f"{p:.3g}"
 
 
+def reported_interval(metric: str, interval: stats.Interval, sign: int = 1) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of ``method − baseline`` in the metric's own sign and unit (points
+    of accuracy), from ``interval`` of ``sign·(method − baseline)``; needs ``interval.low``."""
+    factor = scale(metric)[0]
+    low, high = sorted((sign * factor * interval.low, sign * factor * interval.high))
+    return sign * factor * interval.mean, low, high
+
+
 def difference_cells(
     metric: str, method_values, baseline_values, interval: stats.Interval, sign: int = 1
 ) -> tuple[str, str]:
@@ -231,10 +239,9 @@ def difference_cells(
     metric's own sign and unit; ``interval`` is that of ``sign·(method − baseline)``."""
     factor, unit = scale(metric)
     diffs = ", ".join(f"{factor * (a - b):+.2f}" for a, b in zip(method_values, baseline_values, strict=True))
-    mean = sign * interval.mean * factor
     if interval.low is None:
-        return diffs, f"{mean:+.2f}{unit}"
-    low, high = sorted((sign * interval.low * factor, sign * interval.high * factor))
+        return diffs, f"{sign * factor * interval.mean:+.2f}{unit}"
+    mean, low, high = reported_interval(metric, interval, sign)
     return diffs, f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{unit}"
 
 
@@ -309,9 +316,8 @@ def paper_effect_text(outcomes: list[ClaimOutcome]) -> str:
         effect = o.claim.paper_effect
         if effect is None or o.test is None or o.test.interval.low is None:
             continue
-        factor, unit = scale(o.claim.metric)
-        sign, interval = o.claim.direction, o.test.interval
-        low, high = sorted((sign * factor * interval.low, sign * factor * interval.high))
+        unit = scale(o.claim.metric)[1]
+        _, low, high = reported_interval(o.claim.metric, o.test.interval, o.claim.direction)
         if low <= effect <= high:
             where = "lies inside it"
         else:
@@ -328,52 +334,52 @@ def paper_effect_text(outcomes: list[ClaimOutcome]) -> str:
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """A pair that the protocol reports beside the claims (§1: "never in a family"): ``method``
-    vs ``baseline`` on ``metric`` at ``bits`` (as in :class:`ClaimV2`), PTQ with ``observer``."""
+    vs ``baseline`` at ``bits`` on each of ``metrics`` (as in :class:`ClaimV2`), PTQ with
+    ``observer``."""
 
     text: str
-    metric: str
     method: str
     baseline: str
     bits: str
+    metrics: tuple[str, ...] = ("accuracy",)
     observer: str = "minmax"
 
 
+WITH_TRACE = ("accuracy", "log_trace")
 CONTEXT_COMPARISONS = (
-    Comparison("FPQ − LSQ", "accuracy", "fpq", "lsq", "W4A4"),
-    Comparison("FPQ − LSQ", "log_trace", "fpq", "lsq", "W4A4"),
-    Comparison("FPQ SFP only − LSQ", "accuracy", "fpq_sfp_only", "lsq", "W2A4"),
-    Comparison("FPQ SFP only − LSQ", "log_trace", "fpq_sfp_only", "lsq", "W2A4"),
-    Comparison("FPQ CSD only − LSQ", "accuracy", "fpq_csd_only", "lsq", "W2A4"),
-    Comparison("FPQ CSD only − LSQ", "log_trace", "fpq_csd_only", "lsq", "W2A4"),
-    Comparison("FPQ − FPQ CSD only", "accuracy", "fpq", "fpq_csd_only", "W2A4"),
-    Comparison("SAM − LSQ", "accuracy", "sam", "lsq", "W2A4"),
-    Comparison("SAM − LSQ", "log_trace", "sam", "lsq", "W2A4"),
-    Comparison("KD − LSQ", "accuracy", "kd", "lsq", "W2A2"),
-    Comparison("FPQ − KD", "accuracy", "fpq", "kd", "W2A2"),
-    Comparison("MEC − KD", "accuracy", "mec", "kd", "W2A2"),
-    Comparison("DNQ t4 − FP, PTQ mse", "ptq@4", "dnq_t4", "fp", "W4A4", "mse"),
-    Comparison("DNQ t3 − FP, PTQ mse", "ptq@3", "dnq_t3", "fp", "W3A3", "mse"),
+    Comparison("FPQ − LSQ", "fpq", "lsq", "W4A4", WITH_TRACE),
+    Comparison("FPQ SFP only − LSQ", "fpq_sfp_only", "lsq", "W2A4", WITH_TRACE),
+    Comparison("FPQ CSD only − LSQ", "fpq_csd_only", "lsq", "W2A4", WITH_TRACE),
+    Comparison("FPQ − FPQ CSD only", "fpq", "fpq_csd_only", "W2A4"),
+    Comparison("SAM − LSQ", "sam", "lsq", "W2A4", WITH_TRACE),
+    Comparison("KD − LSQ", "kd", "lsq", "W2A2"),
+    Comparison("FPQ − KD", "fpq", "kd", "W2A2"),
+    Comparison("MEC − KD", "mec", "kd", "W2A2"),
+    Comparison("DNQ t4 − FP, PTQ mse", "dnq_t4", "fp", "W4A4", ("ptq@4",), "mse"),
+    Comparison("DNQ t3 − FP, PTQ mse", "dnq_t3", "fp", "W3A3", ("ptq@3",), "mse"),
 )
 
 
 def context_table(records) -> str:
     """The context pairs' per-seed differences and two-sided 95 % paired t-intervals
-    (:func:`~jaxquant.study.stats.paired_t_interval`); no test, no correction, no verdict."""
+    (:func:`~jaxquant.study.stats.paired_t_interval`), one row per pair and metric; no test, no
+    correction, no verdict."""
     lines = [
         "| pair | bits | metric | per-seed difference | mean [95 % CI] | n |",
         "|---|---|---|---|---|---|",
     ]
     for c in CONTEXT_COMPARISONS:
-        method = values_by_seed(records, c.metric, c.method, c.bits, c.observer)
-        baseline = values_by_seed(records, c.metric, c.baseline, c.bits, c.observer)
-        seeds = sorted(set(method) & set(baseline))
-        metric = "log trace ratio" if c.metric == "log_trace" else "test accuracy"
-        if not seeds:
-            lines.append(f"| {c.text} | {c.bits} | {metric} | no paired runs yet | – | 0 |")
-            continue
-        a, b = [method[s] for s in seeds], [baseline[s] for s in seeds]
-        diffs, ci = difference_cells(c.metric, a, b, stats.paired_t_interval(a, b))
-        lines.append(f"| {c.text} | {c.bits} | {metric} | {diffs} | {ci} | {len(seeds)} |")
+        for metric in c.metrics:
+            method = values_by_seed(records, metric, c.method, c.bits, c.observer)
+            baseline = values_by_seed(records, metric, c.baseline, c.bits, c.observer)
+            seeds = sorted(set(method) & set(baseline))
+            name = "log trace ratio" if metric == "log_trace" else "test accuracy"
+            if not seeds:
+                lines.append(f"| {c.text} | {c.bits} | {name} | no paired runs yet | – | 0 |")
+                continue
+            a, b = [method[s] for s in seeds], [baseline[s] for s in seeds]
+            diffs, ci = difference_cells(metric, a, b, stats.paired_t_interval(a, b))
+            lines.append(f"| {c.text} | {c.bits} | {name} | {diffs} | {ci} | {len(seeds)} |")
     return "\n".join(lines)
 
 
